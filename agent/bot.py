@@ -1,0 +1,76 @@
+"""The bot entry point the Pipecat runner calls once per session.
+
+The CLI resolves settings once per process (:func:`configure`); every session then builds its own
+pipeline from them. Model-heavy backends share one loaded model per process (see their services).
+"""
+
+from __future__ import annotations
+
+from loguru import logger
+from pipecat.runner.types import RunnerArguments
+from pipecat.runner.utils import create_transport
+from pipecat.transports.base_transport import TransportParams
+from pipecat.workers.runner import WorkerRunner
+
+from agent.config import AgentSettings, load_config
+from pipelines.voice import INPUT_SAMPLE_RATE, build_voice_pipeline
+
+_settings: AgentSettings | None = None
+
+
+def configure(settings: AgentSettings) -> None:
+    """Set the settings every session of this process uses."""
+    global _settings
+    _settings = settings
+
+
+def current_settings() -> AgentSettings:
+    """The process settings; resolved from the environment if the CLI did not set them."""
+    global _settings
+    if _settings is None:
+        _settings = load_config().settings
+    return _settings
+
+
+def _transport_params() -> dict:
+    def audio_params(cls=TransportParams, **extra):
+        return lambda: cls(
+            audio_in_enabled=True,
+            audio_out_enabled=True,
+            audio_in_sample_rate=INPUT_SAMPLE_RATE,
+            **extra,
+        )
+
+    params = {"webrtc": audio_params()}
+    try:
+        from pipecat.transports.daily.transport import DailyParams
+
+        params["daily"] = audio_params(DailyParams)
+    except ImportError:  # daily-python missing: only WebRTC is offered
+        pass
+    return params
+
+
+async def bot(runner_args: RunnerArguments) -> None:
+    """Run one voice session on the transport the runner created for it."""
+    settings = current_settings()
+    transport = await create_transport(runner_args, _transport_params())
+    voice = await build_voice_pipeline(
+        settings, transport_input=transport.input(), transport_output=transport.output()
+    )
+    worker = voice.create_worker()
+
+    @voice.latency.event_handler("on_turn_latency")
+    async def _on_turn_latency(_observer, turn):
+        # The room page shows each turn's latency; RTVI carries it as a server message.
+        await worker.rtvi.send_server_message(
+            {"type": "turn-latency", "total_secs": turn.total_secs, "parts": turn.parts}
+        )
+
+    @transport.event_handler("on_client_disconnected")
+    async def _on_client_disconnected(_transport, _client):
+        logger.info("Client disconnected: ending the session")
+        await worker.cancel()
+
+    runner = WorkerRunner(handle_sigint=runner_args.handle_sigint)
+    await runner.run(worker)

@@ -1,0 +1,229 @@
+"""The ``voice-agent`` command: run the agent, show the config, check the set-up."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from agent.config import ConfigError, ResolvedConfig, load_config, settings_table
+
+WEB_DIR = Path(__file__).parent / "web"
+
+# Subcommands added by other modules register here: name -> (configure parser, handler).
+EXTRA_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable]] = {}
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", help="TOML config file (default: $VOICE_AGENT_CONFIG)")
+    parser.add_argument("-p", "--profile", help="profile: auto, cpu, nvidia or one from the file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set llm.temperature=0.3 (repeatable)",
+    )
+    parser.add_argument("--env-file", default=".env", help="dotenv file to read (default: .env)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="voice-agent",
+        description="Real-time voice agent: Nemotron streaming ASR + any LLM + Magpie TTS.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve the browser room and run a bot per session")
+    _add_config_options(run)
+    run.add_argument("-t", "--transport", choices=["webrtc", "daily"], help="transport.type")
+    run.add_argument("--host", help="transport.host (default localhost)")
+    run.add_argument("--port", type=int, help="transport.port (default 7860)")
+    run.add_argument("--no-prewarm", action="store_true", help="load models on first session")
+
+    config = sub.add_parser("config", help="print the resolved config and where each value is from")
+    _add_config_options(config)
+    config.add_argument("--json", action="store_true", help="print JSON (secrets masked)")
+
+    doctor = sub.add_parser("doctor", help="check packages, GPU, models, endpoints; suggest fixes")
+    _add_config_options(doctor)
+
+    for name, (configure, _handler) in EXTRA_COMMANDS.items():
+        configure(sub.add_parser(name))
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set llm.model=gpt-4o")
+        found[key.strip()] = value
+    for key in ("transport", "host", "port"):
+        value = getattr(args, key, None)
+        if value is not None:
+            found[f"transport.{'type' if key == 'transport' else key}"] = str(value)
+    return found
+
+
+def resolve(args: argparse.Namespace) -> ResolvedConfig:
+    """Load config from the CLI options, the environment, .env and the file."""
+    return load_config(
+        args.config,
+        profile=args.profile,
+        overrides=_overrides(args),
+        dotenv_path=args.env_file,
+    )
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the resolved settings with their sources."""
+    resolved = resolve(args)
+    rows = settings_table(resolved)
+    if args.json:
+        print(
+            json.dumps({key: {"value": value, "source": src} for key, value, src in rows}, indent=2)
+        )
+        return 0
+    print(f"config file: {resolved.config_path or '(none)'}")
+    width = max(len(key) for key, _, _ in rows)
+    value_width = min(48, max(len(value) for _, value, _ in rows))
+    for key, value, source in rows:
+        print(f"{key.ljust(width)}  {value.ljust(value_width)}  {source}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Run the checks; exit 0 only if every required one passes."""
+    from agent.doctor import format_table, run_checks
+
+    resolved = resolve(args)
+    settings = resolved.settings
+    print(
+        f"profile {settings.profile}: stt={settings.stt.backend} llm={settings.llm.preset} "
+        f"tts={settings.tts.backend} transport={settings.transport.type}\n"
+    )
+    results = run_checks(settings)
+    print(format_table(results))
+    failed = [c for c in results if c.required and not c.ok]
+    print()
+    print("all checks passed" if not failed else f"{len(failed)} check(s) failed: see fixes above")
+    return 1 if failed else 0
+
+
+def _load_dotenv_without_override(path: str) -> None:
+    from dotenv import load_dotenv
+
+    load_dotenv(path, override=False)
+
+
+def _import_runner():
+    """Import Pipecat's runner without letting its ``load_dotenv(override=True)`` win.
+
+    The runner loads ``.env`` over the real environment at import; our precedence says the
+    environment beats ``.env``, so restore what was set before the import.
+    """
+    before = dict(os.environ)
+    import pipecat.runner.run as runner
+
+    for key, value in before.items():
+        os.environ[key] = value
+    return runner
+
+
+def _serve_room(app) -> None:
+    """Serve our room page at ``/`` (works offline); the prebuilt client stays at /client/."""
+    from fastapi.responses import HTMLResponse
+
+    page = (WEB_DIR / "room.html").read_text()
+
+    @app.get("/", include_in_schema=False)
+    async def room() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/room", include_in_schema=False)
+    async def room_alias() -> HTMLResponse:
+        return HTMLResponse(page)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Start the Pipecat runner with our bot and room page."""
+    from loguru import logger
+
+    from agent import bot
+    from agent.logs import setup_logging
+    from agent.prewarm import prewarm
+
+    _load_dotenv_without_override(args.env_file)
+    resolved = resolve(args)
+    settings = resolved.settings
+    setup_logging(settings.log_level)
+    if resolved.sources.get("profile", "").startswith("auto"):
+        logger.info(
+            f"Profile {settings.profile} chosen automatically "
+            f"({'NVIDIA GPU found' if settings.profile == 'nvidia' else 'no NVIDIA GPU found'}); "
+            "override with --profile"
+        )
+    bot.configure(settings)
+    if not args.no_prewarm:
+        prewarm(settings)
+
+    runner = _import_runner()
+    _serve_room(runner.app)
+    # The runner finds the bot in __main__; the console script's __main__ has none.
+    sys.modules["__main__"].bot = bot.bot  # type: ignore[attr-defined]
+    transport = settings.transport
+    sys.argv = [
+        "voice-agent run",
+        "--host",
+        transport.host,
+        "--port",
+        str(transport.port),
+        "-t",
+        transport.type,
+    ]
+    logger.info(f"Open http://{transport.host}:{transport.port}/ and press Connect")
+    runner.main()
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "config": cmd_config,
+    "doctor": cmd_doctor,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``voice-agent`` console script."""
+    _register_extra_commands()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = COMMANDS.get(args.command) or EXTRA_COMMANDS[args.command][1]
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"voice-agent: {exc}", file=sys.stderr)
+        return 2
+
+
+def _register_extra_commands() -> None:
+    """Let optional subsystems add subcommands (the ASR server, benchmarks)."""
+    import importlib
+
+    for module in ("agent.asr_server_cmd",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:  # a real missing dependency inside it: say so
+                raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

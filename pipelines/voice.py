@@ -1,0 +1,156 @@
+"""Assembles the voice pipeline from settings: transport -> STT -> user turn -> LLM -> TTS -> out.
+
+Nothing here is model-specific: backends come from :mod:`pipelines.registry` by the names the
+config chose, so swapping the LLM or the TTS never touches this file.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.observers.base_observer import BaseObserver
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.turns.user_stop import (
+    SpeechTimeoutUserTurnStopStrategy,
+    TurnAnalyzerUserTurnStopStrategy,
+)
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+from pipelines.latency import TurnLatencyObserver
+from pipelines.registry import resolve
+
+if TYPE_CHECKING:
+    from agent.config import AgentSettings
+
+# Audio enters at 16 kHz mono, the rate every ASR backend here is trained on.
+INPUT_SAMPLE_RATE = 16000
+
+
+@dataclass
+class VoiceServices:
+    """The three model-backed processors of one session."""
+
+    stt: FrameProcessor
+    llm: FrameProcessor
+    tts: FrameProcessor
+
+
+@dataclass
+class VoicePipeline:
+    """Everything one session runs: the pipeline, its context and its observers."""
+
+    pipeline: Pipeline
+    context: LLMContext
+    services: VoiceServices
+    latency: TurnLatencyObserver
+    observers: list[BaseObserver] = field(default_factory=list)
+
+    def create_worker(self, **kwargs: Any) -> PipelineWorker:
+        """A worker with metrics on, RTVI for the browser client and the latency observer."""
+        params = PipelineParams(
+            enable_metrics=True,
+            enable_usage_metrics=True,
+            audio_in_sample_rate=INPUT_SAMPLE_RATE,
+        )
+        return PipelineWorker(
+            self.pipeline,
+            params=params,
+            observers=[self.latency, *self.observers],
+            **kwargs,
+        )
+
+
+async def _call_builder(capability: str, name: str, settings: AgentSettings) -> Any:
+    builder = resolve(capability, name)
+    result = builder(settings)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+async def build_services(settings: AgentSettings) -> VoiceServices:
+    """Build STT, LLM and TTS from the registry by the names in settings."""
+    stt = await _call_builder("stt", settings.stt.backend, settings)
+    llm = await _call_builder("llm", settings.llm.preset, settings)
+    tts = await _call_builder("tts", settings.tts.backend, settings)
+    logger.info(
+        f"Services: stt={settings.stt.backend} ({type(stt).__name__}), "
+        f"llm={settings.llm.preset} ({type(llm).__name__}), "
+        f"tts={settings.tts.backend} ({type(tts).__name__})"
+    )
+    return VoiceServices(stt=stt, llm=llm, tts=tts)
+
+
+def build_turn_strategies(settings: AgentSettings) -> UserTurnStrategies:
+    """Turn end by Smart Turn (a model decides) or by a fixed speech timeout."""
+    if settings.turn.strategy == "timeout":
+        stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=settings.turn.timeout_secs)]
+    else:
+        from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+
+        stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=LocalSmartTurnAnalyzerV3())]
+    return UserTurnStrategies(stop=stop)
+
+
+def build_vad(settings: AgentSettings) -> SileroVADAnalyzer:
+    """Silero VAD with the configured thresholds (stop_secs 0.2 by default)."""
+    vad = settings.vad
+    return SileroVADAnalyzer(
+        params=VADParams(
+            confidence=vad.confidence,
+            start_secs=vad.start_secs,
+            stop_secs=vad.stop_secs,
+            min_volume=vad.min_volume,
+        )
+    )
+
+
+async def build_voice_pipeline(
+    settings: AgentSettings,
+    *,
+    transport_input: FrameProcessor | None = None,
+    transport_output: FrameProcessor | None = None,
+    services: VoiceServices | None = None,
+) -> VoicePipeline:
+    """Assemble one session's pipeline.
+
+    Args:
+        settings: Resolved settings.
+        transport_input: ``transport.input()``; omitted in tests that feed frames directly.
+        transport_output: ``transport.output()``; omitted likewise.
+        services: Prebuilt services (tests); built from the registry when None.
+    """
+    services = services or await build_services(settings)
+    context = LLMContext(messages=[{"role": "system", "content": settings.llm.system_prompt}])
+    aggregators = LLMContextAggregatorPair(
+        context,
+        user_params=LLMUserAggregatorParams(
+            vad_analyzer=build_vad(settings),
+            user_turn_strategies=build_turn_strategies(settings),
+        ),
+    )
+    processors: list[FrameProcessor] = []
+    if transport_input is not None:
+        processors.append(transport_input)
+    processors += [services.stt, aggregators.user(), services.llm, services.tts]
+    if transport_output is not None:
+        processors.append(transport_output)
+    processors.append(aggregators.assistant())
+    return VoicePipeline(
+        pipeline=Pipeline(processors),
+        context=context,
+        services=services,
+        latency=TurnLatencyObserver(),
+    )
