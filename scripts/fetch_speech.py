@@ -5,7 +5,8 @@ Sources (both install from package registries, so this works where model hubs do
 
 - Debian ``asterisk-core-sounds-en-g722`` + ``asterisk-core-sounds-en``: ~550 IVR prompts, one
   professional voice, 16 kHz G.722, with a ``name: text`` list. CC-BY-SA-3.0 (attribute:
-  "Asterisk core sounds, Digium, Inc., CC-BY-SA-3.0"). Decoded to 16-bit 16 kHz WAV with PyPI ``g722``.
+  "Asterisk core sounds, Digium, Inc., CC-BY-SA-3.0"). Decoded to 16-bit 16 kHz WAV with PyPI
+  ``g722``.
 - CMU ARCTIC ``arctic_a0007.wav`` from the ``pysptk`` sdist on PyPI (BSD-style CMU licence).
 
 Output (default ``~/.cache/voice-agent/speech``, or ``$VOICE_AGENT_SPEECH_DIR``)::
