@@ -83,6 +83,9 @@ class LLMSettings(_Section):
     thinking: bool = False
     extra_body: dict[str, Any] = Field(default_factory=dict)
     gguf_path: str | None = None
+    # The embedded llama.cpp server (preset "local"): context length and CPU threads.
+    n_ctx: int = Field(4096, ge=256)
+    n_threads: int | None = Field(None, ge=1)
 
 
 class TTSSettings(_Section):
@@ -97,6 +100,8 @@ class TTSSettings(_Section):
     use_ssl: bool = False
     api_key: SecretStr | None = None
     cfg_scale: float | None = Field(None, ge=0.0)
+    # magpie-nim: one gRPC call per sentence, or one stream per reply (Magpie stitching).
+    nim_mode: Literal["per_sentence", "stitched"] = "per_sentence"
 
 
 class VADSettings(_Section):

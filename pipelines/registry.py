@@ -21,11 +21,20 @@ STT_BACKENDS: dict[str, str] = {
 }
 
 TTS_BACKENDS: dict[str, str] = {
+    "magpie": "pipelines.backends.tts_magpie:build",
     "magpie-nim": "pipelines.backends.tts_magpie_nim:build",
+    "hibari": "pipelines.backends.tts_hibari:build",
+    "piper": "pipelines.backends.tts_piper:build",
 }
 
 LLM_BACKENDS: dict[str, str] = {
-    "openai": "pipelines.backends.llm_openai:build",
+    "openai": "pipelines.backends.llm_openai_compatible:build",
+    "vllm": "pipelines.backends.llm_openai_compatible:build",
+    "nim": "pipelines.backends.llm_openai_compatible:build",
+    "llamacpp": "pipelines.backends.llm_openai_compatible:build",
+    "ollama": "pipelines.backends.llm_openai_compatible:build",
+    "nvidia-hosted": "pipelines.backends.llm_openai_compatible:build",
+    "local": "pipelines.backends.llm_local:build",
 }
 
 REGISTRIES: dict[str, dict[str, str]] = {

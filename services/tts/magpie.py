@@ -1,0 +1,210 @@
+"""Magpie TTS service: NVIDIA's Magpie model running in-process through NeMo.
+
+``MagpieTTSModel.do_tts`` returns one waveform per call, so the service synthesizes sentence by
+sentence: the first sentence of a reply (or its first clause, when it is long) is synthesized as
+soon as it is complete, while the LLM is still writing the rest. Audio comes out at the model's
+own rate (22050 Hz for ``nvidia/magpie_tts_multilingual_357m``); the output transport resamples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from loguru import logger
+from pipecat.frames.frames import Frame, StartFrame, TTSAudioRawFrame
+from pipecat.services.settings import TTSSettings
+from pipecat.services.tts_service import TTSService
+from pipecat.transcriptions.language import Language, resolve_language
+from pipecat.utils.tracing.service_decorators import traced_tts
+from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
+
+from services.tts.aggregator import FirstClauseTextAggregator
+from services.tts.magpie_engine import (
+    DEFAULT_MAGPIE_MODEL,
+    MagpieEngine,
+    SynthesisCancelled,
+    get_magpie_engine,
+    speaker_index,
+)
+
+_LANGUAGES = {
+    Language.EN: "en",
+    Language.ES: "es",
+    Language.DE: "de",
+    Language.FR: "fr",
+    Language.VI: "vi",
+    Language.IT: "it",
+    Language.ZH: "zh",
+    Language.HI: "hi",
+    Language.JA: "ja",
+}
+
+
+def language_to_magpie_language(language: Language) -> str:
+    """Convert a Language enum to a Magpie language code (``en``, ``es``, ...)."""
+    return resolve_language(language, _LANGUAGES, use_base_code=True)
+
+
+@dataclass
+class MagpieTTSSettings(TTSSettings):
+    """Settings for MagpieTTSService.
+
+    Parameters:
+        cfg_scale: Classifier-free guidance scale. None keeps the checkpoint's own setting
+            (guidance on); 1.0 turns guidance off, which halves the decoder compute.
+    """
+
+    cfg_scale: float | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
+
+
+class MagpieTTSService(TTSService):
+    """Magpie TTS in-process, sentence by sentence, on a model shared by all sessions.
+
+    Synthesis runs on the shared engine's worker thread. An interruption cancels the running
+    synthesis at the next decoder step and the base class drops any audio not yet played.
+    """
+
+    Settings = MagpieTTSSettings
+    _settings: Settings
+
+    def __init__(
+        self,
+        *,
+        model: str = DEFAULT_MAGPIE_MODEL,
+        device: str = "auto",
+        engine: MagpieEngine | None = None,
+        first_clause_min_chars: int = 40,
+        frame_ms: int = 200,
+        sample_rate: int | None = None,
+        settings: Settings | None = None,
+        **kwargs,
+    ):
+        """Initialize the Magpie TTS service.
+
+        Args:
+            model: Hugging Face id or path to a local ``.nemo`` checkpoint.
+            device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+            engine: An engine to use instead of the process-wide one for (model, device).
+            first_clause_min_chars: A reply's first sentence longer than this is cut at its first
+                clause boundary so speech starts earlier; 0 disables the cut.
+            frame_ms: Duration of each audio frame pushed downstream.
+            sample_rate: Output rate; None (recommended) uses the model's own rate.
+            settings: Runtime-updatable settings (voice = speaker name or index, language,
+                cfg_scale).
+            **kwargs: Passed to ``TTSService`` (e.g. ``text_transforms``).
+        """
+        default_settings = self.Settings(
+            model=model, voice="Aria", language=Language.EN, cfg_scale=None
+        )
+        if settings is not None:
+            default_settings.apply_update(settings)
+
+        super().__init__(
+            push_start_frame=True,
+            push_stop_frames=True,
+            sample_rate=sample_rate,
+            settings=default_settings,
+            **kwargs,
+        )
+        self._engine = engine or get_magpie_engine(model, device)
+        self._frame_ms = frame_ms
+        self._text_aggregator = FirstClauseTextAggregator(
+            aggregation_type=self._text_aggregation_mode,
+            language=self._text_aggregator.language,
+            first_clause_min_chars=first_clause_min_chars,
+        )
+
+    @property
+    def engine(self) -> MagpieEngine:
+        """The (shared) engine this service synthesizes with."""
+        return self._engine
+
+    def can_generate_metrics(self) -> bool:
+        """Indicate that this service reports TTFB and usage metrics."""
+        return True
+
+    def language_to_service_language(self, language: Language) -> str:
+        """Convert a Language enum to a Magpie language code."""
+        return language_to_magpie_language(language)
+
+    async def start(self, frame: StartFrame):
+        """Load the shared model (off the event loop) before the first sentence arrives."""
+        await super().start(frame)
+        try:
+            await self._engine.load()
+        except Exception as e:
+            await self.push_error(error_msg=f"{self}: {e}", exception=e)
+            return
+        if not self._init_sample_rate:
+            self._sample_rate = self._engine.sample_rate
+        try:
+            speaker_index(self._settings.voice, self._engine.num_speakers)
+        except ValueError as e:
+            await self.push_error(error_msg=f"{self}: {e}", exception=e)
+
+    async def _update_settings(self, delta: Settings) -> dict[str, Any]:
+        """Apply a settings delta; voice, language and cfg_scale apply from the next sentence."""
+        changed = await super()._update_settings(delta)
+        if "model" in changed:
+            self._warn_unhandled_updated_settings({"model": changed["model"]})
+        return changed
+
+    def _pcm(self, audio: np.ndarray) -> bytes:
+        return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+    @traced_tts
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
+        """Synthesize one sentence and yield its audio in ``frame_ms`` frames.
+
+        Args:
+            text: The sentence (or first clause) to speak.
+            context_id: The audio context of the current reply.
+
+        Yields:
+            ``TTSAudioRawFrame`` objects at the model's sample rate.
+        """
+        cancel = threading.Event()
+        try:
+            speaker = speaker_index(self._settings.voice, self._engine.num_speakers)
+            language = self._settings.language if is_given(self._settings.language) else "en"
+            cfg_scale = self._settings.cfg_scale if is_given(self._settings.cfg_scale) else None
+            await self.start_tts_usage_metrics(text)
+            result = await self._engine.synthesize(
+                text,
+                language=str(language or "en"),
+                speaker=speaker,
+                cfg_scale=cfg_scale,
+                cancel=cancel,
+            )
+            audio = self._pcm(result.audio)
+            if result.sample_rate != self.sample_rate:
+                audio = await self._resampler.resample(audio, result.sample_rate, self.sample_rate)
+            await self.stop_ttfb_metrics()
+            logger.debug(
+                f"{self}: {len(audio) / 2 / self.sample_rate:.2f} s of audio in "
+                f"{result.seconds:.2f} s [{text}]"
+            )
+            step = max(2, int(self.sample_rate * self._frame_ms / 1000) * 2)
+            for start in range(0, len(audio), step):
+                yield TTSAudioRawFrame(
+                    audio=audio[start : start + step],
+                    sample_rate=self.sample_rate,
+                    num_channels=1,
+                    context_id=context_id,
+                )
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+        except SynthesisCancelled:
+            logger.debug(f"{self}: synthesis cancelled [{text}]")
+        except Exception as e:
+            await self.push_error(
+                error_msg=f"{self}: synthesis failed for [{text}]: {e}", exception=e
+            )
+        finally:
+            cancel.set()
