@@ -1,0 +1,177 @@
+"""``voice-agent asr-server``: serve the batched ASR engine to many bots over WebSocket.
+
+Engine settings come from the config's ``stt.*`` keys (file, env, ``--set``) unless a flag here
+overrides them. The token is ``--token``, else ``$VOICE_AGENT_ASR_TOKEN``, else
+``stt.server_token`` (the same value the bots send). Protocol: docs/asr-protocol.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import os
+import signal
+import time
+
+from agent.cli import EXTRA_COMMANDS, _add_config_options, resolve
+
+TOKEN_ENV = "VOICE_AGENT_ASR_TOKEN"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Options of ``voice-agent asr-server``."""
+    parser.description = (
+        "Serve the cache-aware ASR engine over WebSocket (one engine, many bots). "
+        "Health: GET /health, /ready; Prometheus: GET /metrics; stream: ws://HOST:PORT/v1/stream."
+    )
+    _add_config_options(parser)
+    parser.add_argument(
+        "--host",
+        dest="asr_host",
+        metavar="HOST",
+        default="127.0.0.1",
+        help="interface to bind (default 127.0.0.1; use 0.0.0.0 only with --token)",
+    )
+    parser.add_argument(
+        "--port", dest="asr_port", metavar="PORT", type=int, default=8765, help="default 8765"
+    )
+    parser.add_argument("--model", help="stt.model: Hugging Face id or path to a .nemo")
+    parser.add_argument("--device", help="stt.device: auto, cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], help="stt.dtype")
+    parser.add_argument(
+        "--chunk-ms", type=int, choices=[80, 160, 560, 1120], help="stt.chunk_ms (streaming chunk)"
+    )
+    parser.add_argument(
+        "--token", help=f"bearer token clients must send (default ${TOKEN_ENV}, stt.server_token)"
+    )
+    parser.add_argument(
+        "--max-streams", type=int, default=256, help="concurrent streams (default 256)"
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=64 * 1024,
+        help="largest WebSocket message accepted (default 65536 = 2 s of audio)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=30.0,
+        help="close connections silent for this many seconds (default 30; 0 disables)",
+    )
+    parser.add_argument(
+        "--max-audio-rate",
+        type=float,
+        default=4.0,
+        help="sustained audio rate allowed per stream, x real time (default 4)",
+    )
+    parser.add_argument(
+        "--max-batch", type=int, default=None, help="most streams per encoder call (engine)"
+    )
+    parser.add_argument(
+        "--cuda-graphs", action="store_true", help="capture the encoder step in CUDA graphs"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _resolves_to_cpu(device: str) -> bool:
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False
+    from agent.profiles import cuda_is_available
+
+    return not cuda_is_available()
+
+
+def handler(args: argparse.Namespace) -> int:
+    """Load the engine, serve until SIGINT/SIGTERM, then close every stream cleanly."""
+    from loguru import logger
+
+    from agent.logs import setup_logging
+    from services.asr.engine import EngineConfig, get_engine
+    from services.asr.server import ASRServer, ServerConfig
+
+    resolved = resolve(args)
+    settings = resolved.settings
+    setup_logging(settings.log_level)
+    stt = settings.stt
+    secret = stt.server_token.get_secret_value() if stt.server_token else None
+    token = args.token or os.environ.get(TOKEN_ENV) or secret or None
+    if args.max_streams < 1:
+        logger.error("--max-streams must be >= 1")
+        return 2
+    if not _is_loopback(args.asr_host) and not token:
+        logger.warning(
+            f"Serving on {args.asr_host} without a token: anyone who can reach this port can use "
+            f"the ASR. Set --token or ${TOKEN_ENV}."
+        )
+    engine_kwargs = {
+        "model": args.model or stt.model,
+        "device": args.device or stt.device,
+        "dtype": args.dtype or stt.dtype,
+        "chunk_ms": args.chunk_ms or stt.chunk_ms,
+        "max_streams": args.max_streams,
+        "cuda_graphs": args.cuda_graphs,
+    }
+    if args.max_batch:
+        engine_kwargs["max_batch"] = args.max_batch
+    if (
+        engine_kwargs["dtype"] == "bf16"
+        and not args.dtype
+        and resolved.sources.get("stt.dtype", "default") == "default"
+        and _resolves_to_cpu(engine_kwargs["device"])
+    ):
+        # bf16 is the GPU default; on a CPU it is slower than fp32.
+        engine_kwargs["dtype"] = "fp32"
+    config = EngineConfig(**engine_kwargs)
+    logger.info(
+        f"Loading ASR engine {config.model} on {config.device} ({config.dtype}, "
+        f"{config.chunk_ms} ms chunks)..."
+    )
+    started = time.perf_counter()
+    engine = get_engine(config)
+    logger.info(f"ASR engine ready in {time.perf_counter() - started:.1f} s")
+    server_config = ServerConfig(
+        host=args.asr_host,
+        port=args.asr_port,
+        token=token,
+        max_streams=args.max_streams,
+        max_message_bytes=args.max_message_bytes,
+        idle_timeout=args.idle_timeout,
+        max_audio_rate=args.max_audio_rate,
+    )
+    try:
+        asyncio.run(_serve(ASRServer(engine, server_config)))
+    finally:
+        engine.shutdown()
+    return 0
+
+
+async def _serve(server) -> None:
+    from loguru import logger
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    logger.info(
+        f"ASR server ready: ws://{server.config.host}:{server.port}/v1/stream "
+        f"(health http://{server.config.host}:{server.port}/health)"
+    )
+    await stop.wait()
+    logger.info("Shutting down the ASR server...")
+    await server.stop()
+
+
+EXTRA_COMMANDS["asr-server"] = (configure_parser, handler)

@@ -1,0 +1,148 @@
+"""Prometheus text exposition (format 0.0.4) of the ASR server and its engine.
+
+Written by hand: a handful of gauges, counters and summaries need no client library.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .server import ASRServer
+
+_NAME_OK = re.compile(r"[^a-zA-Z0-9_]")
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+
+
+def quantile(values: Iterable[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of ``values``; NaN when empty."""
+    data = sorted(values)
+    if not data:
+        return math.nan
+    index = min(len(data) - 1, max(0, math.ceil(q * len(data)) - 1))
+    return data[index]
+
+
+def _metric_name(*parts: str) -> str:
+    return _NAME_OK.sub("_", "_".join(p for p in parts if p)).lower()
+
+
+def _fmt(value: float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    return repr(float(value)) if isinstance(value, float) else str(int(value))
+
+
+def _label_value(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._declared: set[str] = set()
+
+    def add(self, name: str, kind: str, help_text: str, value: float, **labels: Any) -> None:
+        if name not in self._declared:
+            self._declared.add(name)
+            self.lines.append(f"# HELP {name} {help_text}")
+            self.lines.append(f"# TYPE {name} {kind}")
+        label_text = ""
+        if labels:
+            inner = ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items())
+            label_text = "{" + inner + "}"
+        self.lines.append(f"{name}{label_text} {_fmt(value)}")
+
+    def summary(self, name: str, help_text: str, samples: Iterable[float]) -> None:
+        data = list(samples)
+        for q in QUANTILES:
+            self.add(name, "summary", help_text, quantile(data, q), quantile=q)
+        self.lines.append(f"{name}_sum {_fmt(float(sum(data)))}")
+        self.lines.append(f"{name}_count {len(data)}")
+
+
+def _flatten(stats: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested stats dict, keyed by their joined path."""
+    flat: dict[str, float] = {}
+    for key, value in stats.items():
+        name = _metric_name(prefix, str(key))
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name))
+        elif isinstance(value, bool):
+            flat[name] = float(value)
+        elif isinstance(value, int | float) and not (
+            isinstance(value, float) and math.isinf(value)
+        ):
+            flat[name] = float(value)
+        elif (
+            isinstance(value, list | tuple)
+            and value
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        ):
+            # A list such as recent batch sizes: expose its last value and its mean.
+            flat[f"{name}_last"] = float(value[-1])
+            flat[f"{name}_mean"] = float(sum(value) / len(value))
+    return flat
+
+
+def render_metrics(server: ASRServer, engine_stats: Mapping[str, Any]) -> str:
+    """All metrics of ``server`` plus the engine's numeric stats, as Prometheus text."""
+    from .server import process_rss_bytes
+
+    c = server.counters
+    w = _Writer()
+    w.add("asr_streams_live", "gauge", "Connections holding an engine stream.", server.live_streams)
+    w.add("asr_streams_max", "gauge", "Stream limit of this server.", server.config.max_streams)
+    w.add(
+        "asr_connections_total", "counter", "WebSocket connections accepted.", c.connections_total
+    )
+    for reason, count in sorted(c.rejected.items()):
+        w.add(
+            "asr_connections_rejected_total",
+            "counter",
+            "Connections refused.",
+            count,
+            reason=reason,
+        )
+    for code, count in sorted(c.closed.items()):
+        w.add(
+            "asr_connections_closed_total",
+            "counter",
+            "Connections closed, by code.",
+            count,
+            code=code,
+        )
+    w.add("asr_audio_seconds_total", "counter", "Audio received (seconds).", c.audio_seconds)
+    for kind, count in sorted(c.events.items()):
+        w.add("asr_events_total", "counter", "Events sent to clients.", count, type=kind)
+    for code, count in sorted(c.errors.items()):
+        w.add("asr_errors_total", "counter", "Errors reported to clients.", count, code=code)
+    w.add(
+        "asr_partials_dropped_total",
+        "counter",
+        "Partials dropped for slow readers.",
+        c.dropped_partials,
+    )
+    w.summary(
+        "asr_partial_latency_seconds",
+        "Engine latency of recent partials (audio complete -> event).",
+        c.partial_latency,
+    )
+    w.summary(
+        "asr_finalize_seconds", "Finalize request -> final ready, recent requests.", c.final_latency
+    )
+    w.add(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the server.",
+        process_rss_bytes(),
+    )
+    for name, value in sorted(_flatten(engine_stats).items()):
+        metric = _metric_name("asr_engine", name)
+        w.add(metric, "gauge", f"Engine stat {name}.", value)
+    return "\n".join(w.lines) + "\n"

@@ -1,0 +1,609 @@
+"""The ASR engine over WebSocket: one stream per connection, health and metrics on the same port.
+
+One asyncio loop serves every connection; the engine's scheduler thread does the model work, so
+nothing here blocks. Each connection has a receive loop (audio in, control messages), a task that
+forwards the engine's partial transcripts, a sender task (one writer per socket) and an idle
+watchdog. Whatever a connection does wrong is answered on that connection only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hmac
+import itertools
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from . import protocol as P
+from .metrics import render_metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerConfig:
+    """Limits and network settings of an :class:`ASRServer`.
+
+    Attributes:
+        host: Interface to bind; 127.0.0.1 unless you mean to serve other machines.
+        port: TCP port (0 picks a free one; read :attr:`ASRServer.port`).
+        token: Bearer token clients must present (header or ``?token=``); None: no auth.
+        max_streams: Concurrent streams; more connections are closed with 1013.
+        max_message_bytes: Largest message accepted; bigger ones close the socket with 1009.
+        idle_timeout: Seconds without any message before the server closes the connection.
+        max_audio_rate: Sustained audio rate allowed, as a multiple of real time.
+        audio_burst_s: Audio (seconds) a client may send ahead of that rate.
+        max_text_per_s: Sustained control messages per second.
+        text_burst: Control messages allowed in a burst.
+        max_errors: Protocol errors on one connection before it is closed with 1008.
+        max_pending_events: Events queued for a slow reader before partials are dropped.
+        max_inflight_finals: Finalize requests one connection may have pending at once.
+        finalize_timeout: Seconds to wait for the engine to finish a final.
+        ping_interval: Seconds between keepalive pings (a vanished peer is dropped after
+            ``ping_interval + ping_timeout``; a closed socket is noticed at once).
+        ping_timeout: Seconds to wait for a pong.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None
+    max_streams: int = 256
+    max_message_bytes: int = 64 * 1024
+    idle_timeout: float = 30.0
+    max_audio_rate: float = 4.0
+    audio_burst_s: float = 10.0
+    max_text_per_s: float = 20.0
+    text_burst: int = 100
+    max_errors: int = 200
+    max_pending_events: int = 256
+    max_inflight_finals: int = 4
+    finalize_timeout: float = 10.0
+    ping_interval: float | None = 10.0
+    ping_timeout: float | None = 10.0
+
+
+class _TokenBucket:
+    """Allows ``rate`` units per second with bursts of up to ``burst`` units."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.capacity = burst
+        self.tokens = burst
+        self.stamp = time.monotonic()
+
+    def take(self, amount: float) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if amount > self.tokens:
+            return False
+        self.tokens -= amount
+        return True
+
+
+@dataclass
+class _Counters:
+    connections_total: int = 0
+    rejected: collections.Counter = field(default_factory=collections.Counter)
+    closed: collections.Counter = field(default_factory=collections.Counter)
+    events: collections.Counter = field(default_factory=collections.Counter)
+    errors: collections.Counter = field(default_factory=collections.Counter)
+    audio_seconds: float = 0.0
+    dropped_partials: int = 0
+    # Recent samples (seconds) for summaries: engine latency of partials, time to final.
+    partial_latency: collections.deque = field(
+        default_factory=lambda: collections.deque(maxlen=4096)
+    )
+    final_latency: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1024))
+
+
+class ASRServer:
+    """Serves one engine to many WebSocket clients.
+
+    Example::
+
+        server = ASRServer(engine, ServerConfig(port=0))
+        await server.start()
+        ...  # ws://127.0.0.1:{server.port}/v1/stream
+        await server.stop()
+    """
+
+    def __init__(self, engine: Any, config: ServerConfig | None = None) -> None:
+        """Initialize the server.
+
+        Args:
+            engine: An ``ASREngine`` (``open_stream``, ``stats``, ``sample_rate``).
+            config: Network settings and limits.
+        """
+        self.engine = engine
+        self.config = config or ServerConfig()
+        if getattr(engine, "sample_rate", P.SAMPLE_RATE) != P.SAMPLE_RATE:
+            raise ValueError(f"the engine must take {P.SAMPLE_RATE} Hz audio")
+        self.counters = _Counters()
+        self._server: Server | None = None
+        self._connections: dict[int, _Connection] = {}
+        self._ids = itertools.count(1)
+        self._started_at = time.time()
+        self._stopping = False
+
+    # ---- lifecycle ----
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port=0``)."""
+        if self._server is None:
+            return self.config.port
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port/v1/stream`` of this server."""
+        return f"ws://{self.config.host}:{self.port}/v1/stream"
+
+    @property
+    def live_streams(self) -> int:
+        """Connections holding an engine stream right now."""
+        return len(self._connections)
+
+    async def start(self) -> None:
+        """Bind and start accepting connections."""
+        cfg = self.config
+        self._stopping = False
+        self._server = await serve(
+            self._handle,
+            cfg.host,
+            cfg.port,
+            process_request=self._process_request,
+            max_size=cfg.max_message_bytes,
+            max_queue=64,
+            ping_interval=cfg.ping_interval,
+            ping_timeout=cfg.ping_timeout,
+            close_timeout=2,
+        )
+        logger.info(
+            "ASR server listening on ws://%s:%d/v1/stream (max %d streams, auth %s)",
+            cfg.host,
+            self.port,
+            cfg.max_streams,
+            "on" if cfg.token else "off",
+        )
+
+    async def stop(self) -> None:
+        """Tell every client the server is going away, close them (1001) and stop."""
+        self._stopping = True
+        if self._server is None:
+            return
+        self._server.close(close_connections=False)
+        for conn in list(self._connections.values()):
+            await conn.shutdown()
+        self._server.close(close_connections=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 5)
+        self._server = None
+
+    async def serve_forever(self) -> None:
+        """Start (if needed) and run until cancelled."""
+        if self._server is None:
+            await self.start()
+        try:
+            await asyncio.Future()
+        finally:
+            await self.stop()
+
+    # ---- HTTP side: auth, health, readiness, metrics ----
+
+    def _authorized(self, request: Request) -> bool:
+        token = self.config.token
+        if not token:
+            return True
+        header = request.headers.get("Authorization", "")
+        presented = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if not presented:
+            values = parse_qs(urlsplit(request.path).query).get("token", [])
+            presented = values[0] if values else ""
+        return bool(presented) and hmac.compare_digest(presented.encode(), token.encode())
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path.rstrip("/") or "/"
+        if path == "/health":
+            return _respond(connection, HTTPStatus.OK, self.health(), "application/json")
+        if path == "/ready":
+            ready, body = self.readiness()
+            status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
+            return _respond(connection, status, body, "application/json")
+        if path == "/metrics":
+            if not self._authorized(request):
+                return _unauthorized(connection)
+            return _respond(
+                connection, HTTPStatus.OK, self.metrics_text(), "text/plain; version=0.0.4"
+            )
+        if path not in P.STREAM_PATHS:
+            return connection.respond(HTTPStatus.NOT_FOUND, f"no such path {path!r}\n")
+        if not self._authorized(request):
+            self.counters.rejected["unauthorized"] += 1
+            return _unauthorized(connection)
+        return None
+
+    def health(self) -> str:
+        """JSON for ``/health``: the process is up; counts and limits."""
+        return json.dumps(
+            {
+                "status": "ok",
+                "live_streams": self.live_streams,
+                "max_streams": self.config.max_streams,
+                "uptime_s": round(time.time() - self._started_at, 1),
+                "protocol": P.PROTOCOL_VERSION,
+            }
+        )
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, JSON) for ``/ready``: the engine answers and a slot is free."""
+        reason = ""
+        try:
+            stats = self.engine.stats()
+        except Exception as exc:  # an engine that cannot report is not ready
+            stats, reason = {}, f"engine stats failed: {exc}"
+        if not reason and self._stopping:
+            reason = "shutting down"
+        if not reason and self.live_streams >= self.config.max_streams:
+            reason = "all stream slots are in use"
+        body = {"ready": not reason, "live_streams": self.live_streams}
+        if reason:
+            body["reason"] = reason
+        for key in ("live_streams", "max_streams", "device", "model"):
+            if key in stats and key != "live_streams":
+                body[f"engine_{key}"] = stats[key]
+        return not reason, json.dumps(body, default=str)
+
+    def metrics_text(self) -> str:
+        """Prometheus text exposition of server counters and engine stats."""
+        try:
+            stats = self.engine.stats()
+        except Exception:
+            stats = {}
+        return render_metrics(self, stats)
+
+    # ---- WebSocket side ----
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        self.counters.connections_total += 1
+        if self._stopping:
+            await _refuse(ws, P.E_SHUTTING_DOWN, "server is shutting down", P.CLOSE_GOING_AWAY)
+            return
+        if self.live_streams >= self.config.max_streams:
+            self.counters.rejected["server_full"] += 1
+            await _refuse(
+                ws,
+                P.E_SERVER_FULL,
+                f"all {self.config.max_streams} stream slots are in use; try again later",
+                P.CLOSE_TRY_AGAIN_LATER,
+            )
+            return
+        conn_id = next(self._ids)
+        try:
+            stream = self.engine.open_stream()
+        except Exception as exc:
+            full = type(exc).__name__ == "EngineFullError"
+            self.counters.rejected["server_full" if full else "engine_error"] += 1
+            await _refuse(
+                ws,
+                P.E_SERVER_FULL if full else P.E_ENGINE,
+                f"engine refused a stream: {exc}",
+                P.CLOSE_TRY_AGAIN_LATER if full else P.CLOSE_INTERNAL,
+            )
+            return
+        conn = _Connection(self, ws, stream, conn_id)
+        self._connections[conn_id] = conn
+        try:
+            await conn.run()
+        finally:
+            # The slot is freed the moment the socket is gone, whatever ended it.
+            self._connections.pop(conn_id, None)
+            conn.close_stream()
+            code = ws.close_code if ws.close_code is not None else 1006
+            self.counters.closed[str(code)] += 1
+
+
+class _Connection:
+    """One client: its engine stream, its clocks and its limits."""
+
+    def __init__(self, server: ASRServer, ws: ServerConnection, stream: Any, conn_id: int) -> None:
+        self.server = server
+        self.cfg = server.config
+        self.ws = ws
+        self.stream = stream
+        self.id = conn_id
+        self.received_samples = 0
+        # Connection-clock offset (seconds) of each engine utterance: reset restarts its clock.
+        self.utterance = 0
+        self.utterance_offset: dict[int, float] = {0: 0.0}
+        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.last_activity = time.monotonic()
+        self.audio_bucket = _TokenBucket(self.cfg.max_audio_rate, self.cfg.audio_burst_s)
+        self.text_bucket = _TokenBucket(self.cfg.max_text_per_s, float(self.cfg.text_burst))
+        self.errors = 0
+        self.error_bucket = _TokenBucket(10.0, 20.0)  # error events sent, not errors counted
+        self.started = False
+        self.inflight_finals = 0
+        self.tasks: list[asyncio.Task] = []
+        self.stream_closed = False
+
+    # -- helpers --
+
+    @property
+    def received_s(self) -> float:
+        return self.received_samples / P.SAMPLE_RATE
+
+    def close_stream(self) -> None:
+        if not self.stream_closed:
+            self.stream_closed = True
+            with contextlib.suppress(Exception):
+                self.stream.close()
+
+    def send(self, event: dict[str, Any]) -> None:
+        """Queue an event for the sender task; partials are dropped for a reader that lags."""
+        if event["type"] == "partial" and self.outbox.qsize() >= self.cfg.max_pending_events:
+            self.server.counters.dropped_partials += 1
+            return
+        self.server.counters.events[event["type"]] += 1
+        self.outbox.put_nowait(event)
+
+    def error(self, code: str, message: str) -> None:
+        """Count a protocol error, tell the client (throttled), close on too many."""
+        self.errors += 1
+        self.server.counters.errors[code] += 1
+        if self.errors > self.cfg.max_errors:
+            self.send(
+                P.error_event(
+                    P.E_TOO_MANY_ERRORS, f"more than {self.cfg.max_errors} errors", fatal=True
+                )
+            )
+            self.tasks.append(
+                asyncio.create_task(self._close_after_flush(P.CLOSE_POLICY, "too many errors"))
+            )
+            return
+        if self.error_bucket.take(1):
+            self.send(P.error_event(code, message))
+
+    def _to_event(self, kind: str, ev: Any, **extra: Any) -> dict[str, Any]:
+        utterance = int(getattr(ev, "utterance", self.utterance))
+        offset = self.utterance_offset.get(utterance, self.utterance_offset[self.utterance])
+        return {
+            "type": kind,
+            "utterance": utterance,
+            "text": ev.text,
+            "audio_start_s": round(offset + float(ev.audio_start_s), 4),
+            "audio_end_s": round(offset + float(ev.audio_end_s), 4),
+            "latency_s": round(float(ev.latency_s or 0.0), 4),
+            "received_s": round(self.received_s, 4),
+            "server_time": time.time(),
+            **extra,
+        }
+
+    # -- tasks --
+
+    async def run(self) -> None:
+        self.tasks = [
+            asyncio.create_task(self._sender()),
+            asyncio.create_task(self._forward_partials()),
+            asyncio.create_task(self._watchdog()),
+        ]
+        self.send(
+            {
+                "type": "ready",
+                "protocol": P.PROTOCOL_VERSION,
+                "stream_id": str(getattr(self.stream, "id", self.id)),
+                "sample_rate": P.SAMPLE_RATE,
+                "encoding": P.ENCODING,
+                "channels": P.CHANNELS,
+                "max_message_bytes": self.cfg.max_message_bytes,
+                "idle_timeout_s": self.cfg.idle_timeout,
+            }
+        )
+        try:
+            async for message in self.ws:
+                self.last_activity = time.monotonic()
+                if isinstance(message, bytes):
+                    self._on_audio(message)
+                else:
+                    self._on_text(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_stream()
+            for task in self.tasks:
+                task.cancel()
+            for task in self.tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    def _on_audio(self, data: bytes) -> None:
+        if not data:
+            return
+        if len(data) % 2:
+            self.error(
+                P.E_BAD_AUDIO, f"binary message of {len(data)} bytes: send whole 16-bit samples"
+            )
+            return
+        if not self.audio_bucket.take(len(data) / P.BYTES_PER_SECOND):
+            self.error(
+                P.E_RATE_LIMITED,
+                f"audio faster than {self.cfg.max_audio_rate:g}x real time; excess dropped",
+            )
+            return
+        try:
+            self.stream.push_audio(data)
+        except Exception as exc:
+            self.error(P.E_ENGINE, f"engine rejected audio: {exc}")
+            return
+        self.received_samples += len(data) // 2
+        self.server.counters.audio_seconds += len(data) / P.BYTES_PER_SECOND
+
+    def _on_text(self, text: str) -> None:
+        if not self.text_bucket.take(1):
+            self.error(P.E_RATE_LIMITED, "too many control messages; message dropped")
+            return
+        try:
+            message = P.parse_client_message(text)
+        except P.ProtocolError as exc:
+            if exc.code == P.E_UNSUPPORTED_FORMAT:
+                self.server.counters.errors[exc.code] += 1
+                self.send(P.error_event(exc.code, exc.message, fatal=True))
+                self.tasks.append(
+                    asyncio.create_task(self._close_after_flush(P.CLOSE_UNSUPPORTED, exc.code))
+                )
+            else:
+                self.error(exc.code, exc.message)
+            return
+        kind = message["type"]
+        if kind == "start":
+            if self.started or self.received_samples:
+                self.error(P.E_BAD_MESSAGE, "start must be the first message and sent once")
+            self.started = True
+        elif kind == "finalize":
+            if self.inflight_finals >= self.cfg.max_inflight_finals:
+                self.error(P.E_RATE_LIMITED, "too many finalize requests pending")
+                return
+            self.inflight_finals += 1
+            self.tasks.append(asyncio.create_task(self._finalize(message.get("id"))))
+        elif kind == "reset":
+            self._reset()
+        elif kind == "ping":
+            self.send({"type": "pong", "id": message.get("id"), "server_time": time.time()})
+
+    def _reset(self) -> None:
+        try:
+            self.stream.reset()
+        except Exception as exc:
+            self.error(P.E_ENGINE, f"reset failed: {exc}")
+            return
+        self.utterance += 1
+        self.utterance_offset[self.utterance] = self.received_s
+        # Only the current and the previous utterance can still have events in flight.
+        for old in [u for u in self.utterance_offset if u < self.utterance - 1]:
+            del self.utterance_offset[old]
+        self.send(
+            {
+                "type": "reset",
+                "utterance": self.utterance,
+                "audio_start_s": round(self.received_s, 4),
+            }
+        )
+
+    async def _finalize(self, ident: Any) -> None:
+        requested = time.perf_counter()
+        utterance = self.utterance
+        try:
+            ev = await asyncio.wait_for(self.stream.finalize(), self.cfg.finalize_timeout)
+        except Exception as exc:
+            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
+            self.error(P.E_ENGINE, f"finalize failed: {reason}")
+            self.send({**P.error_event(P.E_ENGINE, f"finalize failed: {reason}"), "id": ident})
+            return
+        finally:
+            self.inflight_finals -= 1
+        took = time.perf_counter() - requested
+        self.server.counters.final_latency.append(took)
+        if getattr(ev, "utterance", utterance) < self.utterance - 1:
+            logger.debug("connection %d: final of an old utterance dropped", self.id)
+        self.send(self._to_event("final", ev, id=ident, finalize_s=round(took, 4)))
+
+    async def _forward_partials(self) -> None:
+        try:
+            async for ev in self.stream.events():
+                if getattr(ev, "is_final", False):
+                    continue
+                self.server.counters.partial_latency.append(float(ev.latency_s or 0.0))
+                self.send(self._to_event("partial", ev))
+        except Exception as exc:  # the engine failed this stream: tell the client, close
+            if self.stream_closed:
+                return
+            logger.exception("connection %d: engine stream failed", self.id)
+            self.send(P.error_event(P.E_ENGINE, f"engine stream failed: {exc}", fatal=True))
+            await self._close_after_flush(P.CLOSE_INTERNAL, "engine error")
+
+    async def _sender(self) -> None:
+        while True:
+            event = await self.outbox.get()
+            try:
+                await self.ws.send(P.dumps(event))
+            except ConnectionClosed:
+                return
+
+    async def _watchdog(self) -> None:
+        timeout = self.cfg.idle_timeout
+        if not timeout or timeout <= 0:
+            return
+        while True:
+            idle = time.monotonic() - self.last_activity
+            if idle >= timeout:
+                self.server.counters.errors[P.E_IDLE_TIMEOUT] += 1
+                self.send(
+                    P.error_event(
+                        P.E_IDLE_TIMEOUT, f"nothing received for {timeout:g} s", fatal=True
+                    )
+                )
+                await self._close_after_flush(P.CLOSE_IDLE, "idle timeout")
+                return
+            await asyncio.sleep(min(timeout - idle, 1.0) + 0.01)
+
+    async def _close_after_flush(self, code: int, reason: str) -> None:
+        """Let the sender write what is queued (bounded), then close with ``code``."""
+        deadline = time.monotonic() + 1.0
+        while not self.outbox.empty() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        self.close_stream()
+        with contextlib.suppress(Exception):
+            await self.ws.close(code, reason)
+
+    async def shutdown(self) -> None:
+        self.send(P.error_event(P.E_SHUTTING_DOWN, "server is shutting down", fatal=True))
+        await self._close_after_flush(P.CLOSE_GOING_AWAY, "server shutting down")
+
+
+def _respond(connection: ServerConnection, status: HTTPStatus, body: str, ctype: str) -> Response:
+    response = connection.respond(status, body if body.endswith("\n") else body + "\n")
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = ctype
+    return response
+
+
+def _unauthorized(connection: ServerConnection) -> Response:
+    response = connection.respond(
+        HTTPStatus.UNAUTHORIZED,
+        "missing or wrong token: send 'Authorization: Bearer <token>' or ?token=<token>\n",
+    )
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+async def _refuse(ws: ServerConnection, code: str, message: str, close_code: int) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        await ws.send(P.dumps(P.error_event(code, message, fatal=True)))
+        await ws.close(close_code, code)
+
+
+def process_rss_bytes() -> int:
+    """Resident memory of this process (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            pages = int(handle.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+__all__ = ["ASRServer", "ServerConfig", "Headers", "process_rss_bytes"]
