@@ -109,12 +109,12 @@ class RemoteNemotronSTTService(CacheAwareSTTService):
 
     async def _backend_close(self) -> None:
         self._closing = True
+        client, self._client = self._client, None
         for name in ("_pump_task", "_connection_task"):
             task = getattr(self, name)
             setattr(self, name, None)
             if task is not None and not task.done():
                 await self.cancel_task(task)
-        client, self._client = self._client, None
         if client is not None:
             await client.close()
         self._connected.clear()

@@ -287,6 +287,11 @@ class CacheAwareSTTService(STTService):
         self._final_generation += 1
         self._reset_pending = False
         await self._cancel_silence_reset()
+        task, self._final_task = self._final_task, None
+        if task is not None and not task.done():
+            await self.cancel_task(task)
+            self.finals_discarded += 1
+            logger.debug(f"{self}: speculative final discarded, speech resumed")
 
     async def _on_speech_stopped(self) -> None:
         self._final_generation += 1
@@ -314,8 +319,13 @@ class CacheAwareSTTService(STTService):
             self.finals_discarded += 1
             logger.debug(f"{self}: speculative final discarded, speech resumed")
             return
+        # From here on the final is committed: speech resuming must not cancel it half-pushed.
+        if self._final_task is asyncio.current_task():
+            self._final_task = None
         if result is not None and result.key == self._key:
             text = unsent_suffix(self._committed, result.text)
+            self._committed = result.text if text else self._committed
+            self._last_interim = ""
             if text:
                 # Usage before the transcript, so tracing attaches it to the span it closes.
                 await self.emit_stt_usage_metrics()
@@ -329,13 +339,11 @@ class CacheAwareSTTService(STTService):
                     )
                 )
                 self.finals_pushed += 1
-                self._committed = result.text
                 await self._record_ttfs()
             else:
                 # Nothing new since the last final: close the TTFB measurement now.
                 await self.stop_ttfb_metrics()
                 await self._cancel_ttfb_timeout()
-            self._last_interim = ""
         if self._reset_pending:
             await self._accept_utterance()
         elif self._reset_after_secs is not None:

@@ -1,0 +1,137 @@
+"""NemotronSTTService on the tiny engine in real Pipecat pipelines."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pipecat.frames.frames import (
+    ErrorFrame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    MetricsFrame,
+    STTMetadataFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.metrics.metrics import STTUsageMetricsData, TTFBMetricsData
+from pipecat.pipeline.worker import PipelineParams
+from pipecat.tests.utils import SleepFrame, run_test
+
+from services.asr.engine import EngineFullError
+from services.asr.nemotron_stt import NemotronSTTService, measure_finalize_latency
+from tests.asr_server.tiny import chunks, speechlike_pcm
+from tests.stt.harness import LivePipeline
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def audio_frames(seconds: float, seed: int = 0) -> list[InputAudioRawFrame]:
+    return [
+        InputAudioRawFrame(audio=piece, sample_rate=16000, num_channels=1)
+        for piece in chunks(speechlike_pcm(seconds, seed=seed))
+    ]
+
+
+async def test_interim_and_one_finalized_transcript_per_turn(tiny_engine):
+    stt = NemotronSTTService(engine=tiny_engine, ttfs_p99_latency=0.3)
+    down, up = await run_test(
+        stt,
+        frames_to_send=[
+            VADUserStartedSpeakingFrame(),
+            *audio_frames(1.5),
+            SleepFrame(0.8),
+            VADUserStoppedSpeakingFrame(stop_secs=0.2),
+            SleepFrame(0.8),
+        ],
+    )
+    interims = [f for f in down if isinstance(f, InterimTranscriptionFrame)]
+    finals = [f for f in down if isinstance(f, TranscriptionFrame)]
+    assert len(interims) >= 3, "the text grows every step"
+    assert len(finals) == 1 and finals[0].finalized and finals[0].text
+    assert finals[0].text.startswith(interims[-1].text[:20])
+    # Audio passes through for the user aggregator's VAD; the VAD frames go on too.
+    assert len([f for f in down if isinstance(f, InputAudioRawFrame)]) == 75
+    assert any(isinstance(f, VADUserStoppedSpeakingFrame) for f in down)
+    metadata = [f for f in down if isinstance(f, STTMetadataFrame)]
+    assert metadata and metadata[0].ttfs_p99_latency == 0.3
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+
+
+async def test_speculative_final_is_discarded_when_speech_resumes(tiny_engine):
+    stt = NemotronSTTService(engine=tiny_engine, reset_after_secs=None)
+    down, _ = await run_test(
+        stt,
+        frames_to_send=[
+            VADUserStartedSpeakingFrame(),
+            *audio_frames(1.0),
+            SleepFrame(0.5),
+            VADUserStoppedSpeakingFrame(stop_secs=0.2),
+            VADUserStartedSpeakingFrame(),  # speech resumes before the final is back
+            *audio_frames(0.6, seed=1),
+            SleepFrame(0.5),
+            VADUserStoppedSpeakingFrame(stop_secs=0.2),
+            SleepFrame(0.8),
+        ],
+    )
+    finals = [f for f in down if isinstance(f, TranscriptionFrame)]
+    assert len(finals) == 1 and finals[0].finalized
+    assert stt.finals_discarded == 1 and stt.finals_pushed == 1
+
+
+async def test_ttfb_and_usage_metrics(tiny_engine):
+    stt = NemotronSTTService(engine=tiny_engine)
+    async with LivePipeline(
+        [stt], PipelineParams(enable_metrics=True, enable_usage_metrics=True)
+    ) as live:
+        await live.send(VADUserStartedSpeakingFrame())
+        await live.send_audio(speechlike_pcm(1.0), speed=4)
+        await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        assert await live.wait_for(lambda: live.of(TranscriptionFrame))
+        await asyncio.sleep(0.1)
+    data = [d for f in live.of(MetricsFrame) for d in f.data]
+    ttfb = [
+        d for d in data if isinstance(d, TTFBMetricsData) and d.processor == stt.name and d.value
+    ]
+    usage = [d for d in data if isinstance(d, STTUsageMetricsData)]
+    assert ttfb and 0.2 <= ttfb[0].value < 5.0  # speech end (VAD stop - 0.2 s) -> final
+    assert usage and usage[0].value.audio_seconds == pytest.approx(1.0, abs=0.05)
+    assert stt.measured_ttfs_p99 is not None and stt.measured_ttfs_p99 >= 0.2
+
+
+async def test_full_engine_gives_an_error_frame_and_the_session_goes_on(tiny_engine):
+    hogs = []
+    try:
+        while True:
+            hogs.append(tiny_engine.open_stream())
+    except EngineFullError:
+        pass
+    stt = NemotronSTTService(engine=tiny_engine, reopen_interval_secs=0.05)
+    async with LivePipeline([stt]) as live:
+        assert await live.wait_for(lambda: live.of(ErrorFrame, up=True))
+        error = live.of(ErrorFrame, up=True)[0]
+        assert "capacity" in error.error and not error.fatal
+        for hog in hogs:
+            hog.close()
+        hogs.clear()
+        await live.send(VADUserStartedSpeakingFrame())
+        await live.send_audio(speechlike_pcm(1.0), speed=4)  # reopens the stream
+        await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        assert await live.wait_for(lambda: live.of(TranscriptionFrame))
+    for hog in hogs:
+        hog.close()
+
+
+async def test_stream_is_freed_when_the_pipeline_ends(tiny_engine):
+    before = tiny_engine.stats()["live_streams"]
+    stt = NemotronSTTService(engine=tiny_engine)
+    async with LivePipeline([stt]) as live:
+        await live.send_audio(speechlike_pcm(0.3), speed=8)
+        assert tiny_engine.stats()["live_streams"] == before + 1
+    assert tiny_engine.stats()["live_streams"] == before
+
+
+async def test_measure_finalize_latency(tiny_engine):
+    seconds = await asyncio.to_thread(measure_finalize_latency, tiny_engine, runs=2)
+    assert 0 < seconds < 5
