@@ -17,6 +17,7 @@ from typing import Any
 
 STT_BACKENDS: dict[str, str] = {
     "nemotron": "pipelines.backends.stt_nemotron:build",
+    "remote": "pipelines.backends.stt_remote:build",
     "whisper": "pipelines.backends.stt_whisper:build",
 }
 

@@ -1,0 +1,118 @@
+"""``stt.backend = "nemotron"``: cache-aware Nemotron streaming ASR in this process.
+
+Every session streams into one batched engine per (model, device, dtype, chunk): a GPU serves
+many users with one encoder step per chunk. ``prewarm`` loads it before the first user connects
+and measures one final, so the service announces a measured TTFS (speech end -> final) to the
+turn strategies instead of a guess.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from agent.config import AgentSettings
+    from agent.doctor import Check
+    from services.asr.engine import EngineConfig
+    from services.asr.nemotron_stt import NemotronSTTService
+
+# Measured speech-end -> final p99 (seconds) per engine key, filled by prewarm.
+_measured_ttfs: dict[tuple, float] = {}
+_lock = threading.Lock()
+
+
+def engine_config(settings: AgentSettings) -> EngineConfig:
+    """The engine settings for ``stt.*`` (bf16 only where it pays: on CUDA)."""
+    from services.asr.engine import EngineConfig
+
+    stt = settings.stt
+    dtype = stt.dtype
+    if dtype == "bf16" and not _uses_cuda(stt.device):
+        dtype = "fp32"  # bf16 autocast on a CPU is slower, not faster
+    return EngineConfig(model=stt.model, device=stt.device, dtype=dtype, chunk_ms=stt.chunk_ms)
+
+
+def _uses_cuda(device: str) -> bool:
+    if device.startswith("cuda"):
+        return True
+    if device != "auto":
+        return False
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def _key(config: EngineConfig) -> tuple:
+    return (config.model, config.resolved_device(), config.dtype, config.chunk_ms)
+
+
+def build(settings: AgentSettings) -> NemotronSTTService:
+    """A Nemotron STT service for one session, on the process-wide engine."""
+    from services.asr.nemotron_stt import NEMOTRON_TTFS_P99, NemotronSTTService
+
+    config = engine_config(settings)
+    with _lock:
+        ttfs = _measured_ttfs.get(_key(config), NEMOTRON_TTFS_P99)
+    return NemotronSTTService(engine_config=config, ttfs_p99_latency=ttfs)
+
+
+def prewarm(settings: AgentSettings) -> None:
+    """Load the engine (with progress logs) and measure one final on it."""
+    from services.asr.engine import get_engine
+    from services.asr.nemotron_stt import measure_finalize_latency
+
+    config = engine_config(settings)
+    logger.info(
+        f"Loading Nemotron ASR {config.model} on {config.resolved_device()} ({config.dtype}, "
+        f"{config.chunk_ms} ms chunks); the first load of a hub model downloads it"
+    )
+    started = time.perf_counter()
+    engine = get_engine(config)
+    logger.info(
+        f"Nemotron ASR engine loaded in {time.perf_counter() - started:.1f} s; timing a final"
+    )
+    finalize = measure_finalize_latency(engine, runs=3)
+    ttfs = round(settings.vad.stop_secs + finalize, 3)
+    with _lock:
+        _measured_ttfs[_key(config)] = ttfs
+    logger.info(
+        f"Nemotron ASR ready: final in {finalize * 1000:.0f} ms, TTFS p99 ~{ttfs:.2f} s with VAD "
+        f"stop_secs {settings.vad.stop_secs}"
+    )
+
+
+def checks(settings: AgentSettings) -> list[Check]:
+    """Doctor checks: NeMo importable, the model present, the device usable."""
+    from agent.doctor import Check, check_model, check_package
+
+    found = [check_package("nemo.collections.asr", "nemo_toolkit[asr]")]
+    found.append(check_model("stt.model", settings.stt.model))
+    device = settings.stt.device
+    if device.startswith("cuda") and not _uses_cuda("auto"):
+        found.append(
+            Check(
+                "stt device",
+                False,
+                f"stt.device = {device!r} but CUDA is not available",
+                "install a CUDA build of torch on a GPU machine, or set stt.device = 'cpu' "
+                "(slow for the 0.6B model), or use stt.backend = 'remote' with an ASR server",
+            )
+        )
+    elif not _uses_cuda(device):
+        found.append(
+            Check(
+                "stt device",
+                True,
+                "CPU: the 0.6B Nemotron model is slow on a CPU (fine for a tiny test model); "
+                "the cpu profile uses whisper",
+                required=False,
+            )
+        )
+    return found

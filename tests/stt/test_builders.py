@@ -1,0 +1,74 @@
+"""The nemotron and remote STT builders: config -> service, prewarm, doctor checks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agent.config import load_config
+from pipelines.registry import resolve
+from services.asr.nemotron_stt import NemotronSTTService
+from services.asr.remote_stt import RemoteNemotronSTTService
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def settings_with(**stt):
+    overrides = {f"stt.{key}": value for key, value in stt.items()}
+    return load_config(
+        None, profile="cpu", overrides=overrides, env={}, dotenv_path=None, cuda_available=False
+    ).settings
+
+
+def test_remote_backend_from_config():
+    settings = settings_with(
+        backend="remote", server_url="ws://10.0.0.5:9000/v1/stream", server_token="tok"
+    )
+    service = resolve("stt", settings.stt.backend)(settings)
+    assert isinstance(service, RemoteNemotronSTTService)
+    assert service._url == "ws://10.0.0.5:9000/v1/stream" and service._token == "tok"
+
+
+def test_nemotron_backend_uses_fp32_on_cpu(tiny_nemo):
+    from pipelines.backends import stt_nemotron
+
+    settings = settings_with(backend="nemotron", model=str(tiny_nemo), device="cpu", dtype="bf16")
+    config = stt_nemotron.engine_config(settings)
+    assert (config.model, config.device, config.dtype) == (str(tiny_nemo), "cpu", "fp32")
+    service = resolve("stt", "nemotron")(settings)
+    assert isinstance(service, NemotronSTTService) and service.engine is None  # loaded at start
+
+
+def test_prewarm_loads_the_shared_engine_and_measures_ttfs(tiny_nemo):
+    from pipelines.backends import stt_nemotron
+    from services.asr.engine import get_engine
+
+    settings = settings_with(backend="nemotron", model=str(tiny_nemo), device="cpu")
+    stt_nemotron.prewarm(settings)
+    engine = get_engine(stt_nemotron.engine_config(settings))
+    try:
+        service = stt_nemotron.build(settings)
+        assert 0.2 < service._ttfs_p99_latency < 5  # VAD stop_secs + a measured final
+        checks = stt_nemotron.checks(settings)
+        assert all(c.ok for c in checks if c.required), [c for c in checks if not c.ok]
+    finally:
+        engine.shutdown()
+
+
+async def test_remote_checks_and_prewarm(start_server):
+    from pipelines.backends import stt_remote
+
+    srv = await start_server(token="tok")
+    good = settings_with(
+        backend="remote", server_url=f"ws://127.0.0.1:{srv.port}", server_token="tok"
+    )
+    checks = await asyncio.to_thread(stt_remote.checks, good)
+    assert [c.ok for c in checks] == [True, True], checks
+    bad = settings_with(backend="remote", server_url=f"ws://127.0.0.1:{srv.port}", server_token="x")
+    checks = await asyncio.to_thread(stt_remote.checks, bad)
+    assert checks[1].ok is False and "401" in checks[1].detail
+    await asyncio.to_thread(stt_remote.prewarm, good)
+    await srv.stop()
+    checks = await asyncio.to_thread(stt_remote.checks, good)
+    assert len(checks) == 1 and not checks[0].ok and "asr-server" in checks[0].fix
