@@ -1,0 +1,767 @@
+#!/usr/bin/env python3
+"""Load test of the ASR server: N clients stream real speech at real-time pace.
+
+Each client plays utterances (real recorded speech, looped, each client at its own phase) in
+20 ms messages paced by the wall clock, asks for a final 0.25 s after each utterance ends (as a
+bot does at the VAD stop), then resets. It measures:
+
+- per-chunk lag: when a partial arrives, how long ago the last audio it covers was sent
+  (``now - time_sent(audio_end_s)``; includes waiting for the model's look-ahead audio), and its
+  drift over the run (a server that cannot keep up shows a lag that grows without bound);
+- time to final: end of speech -> final received; finalize round trip;
+- errors and disconnects; client send lateness (a saturated load generator shows here);
+- server memory (RSS), live streams, engine batch sizes and step latency, scraped from /metrics.
+
+Outputs a JSON report, a PNG and a table. ``--find-max`` ramps N (doubling, then bisecting) to
+the largest N with no drift.
+
+Usage::
+
+    python scripts/loadtest_asr.py --tiny -n 16 -t 30              # starts a tiny-model server
+    python scripts/loadtest_asr.py --url ws://127.0.0.1:8765/v1/stream -n 64 -t 600
+    python scripts/loadtest_asr.py --tiny --find-max -t 20
+
+Speech comes from the cache that ``scripts/fetch_speech.py`` fills (Asterisk prompts and CMU
+ARCTIC); with ``--fetch`` the ARCTIC clip is fetched if the cache is empty; without any, synthetic
+audio is used (with a warning).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import wave
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from services.asr.server.client import ASRClient  # noqa: E402
+
+SAMPLE_RATE = 16000
+CACHE_DIR = Path(os.environ.get("VOICE_AGENT_CACHE", "~/.cache/voice-agent")).expanduser()
+TINY_BLANK_BIAS = -5.0
+
+
+# ---------------------------------------------------------------- speech
+
+
+def _read_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path), "rb") as wav:
+        rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
+        frames = wav.readframes(wav.getnframes())
+    if width != 2:
+        raise ValueError(f"{path}: 16-bit WAV expected")
+    audio = np.frombuffer(frames, "<i2").reshape(-1, channels).mean(axis=1)
+    if rate != SAMPLE_RATE:
+        positions = np.arange(0, len(audio), rate / SAMPLE_RATE)
+        audio = np.interp(positions, np.arange(len(audio)), audio)
+    return np.clip(audio, -32768, 32767).astype("<i2")
+
+
+def _fetch_speech_module():
+    spec = importlib.util.spec_from_file_location("fetch_speech", ROOT / "scripts/fetch_speech.py")
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_speech(
+    wav: str | None = None, *, fetch: bool = False, limit: int = 40
+) -> tuple[list[np.ndarray], str]:
+    """Utterances to play (int16 arrays) and where they came from.
+
+    Order: ``wav`` if given; the fetch_speech cache (up to ``limit`` utterances of 1-8 s); with
+    ``fetch``, the CMU ARCTIC clip fetched into that cache; else synthetic noise bursts.
+    """
+    if wav:
+        return [_read_wav(Path(wav))], wav
+    module = _fetch_speech_module()
+    entries: list[dict] = []
+    if module is not None:
+        dest = Path(module.DEFAULT_DIR).expanduser()
+        entries = module.load_manifest(dest)
+        if not entries and fetch:
+            try:
+                entries = module.fetch_arctic(dest)
+                for entry in entries:
+                    entry["path"] = str(dest / entry["path"])
+            except Exception as exc:  # no network: fall through to synthetic
+                print(f"warning: could not fetch speech: {exc}", file=sys.stderr)
+    usable = [e for e in entries if 1.0 <= float(e.get("duration_s", 0)) <= 8.0][:limit]
+    if usable:
+        clips = [_read_wav(Path(e["path"])) for e in usable]
+        seconds = sum(len(c) for c in clips) / SAMPLE_RATE
+        return clips, f"{len(clips)} real utterances ({seconds:.0f} s) from {usable[0]['source']}"
+    print(
+        "warning: no recorded speech found (run scripts/fetch_speech.py, or pass --fetch or "
+        "--wav); using synthetic audio",
+        file=sys.stderr,
+    )
+    rng = np.random.default_rng(0)
+    t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
+    noise = rng.standard_normal(t.size) * 3000 * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2)
+    return [noise.astype("<i2")], "synthetic noise bursts (no recorded speech available)"
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def pct(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None when empty."""
+    if not values:
+        return None
+    data = sorted(values)
+    return data[min(len(data) - 1, max(0, math.ceil(q / 100 * len(data)) - 1))]
+
+
+def _r(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+@dataclass
+class TrialConfig:
+    """One load level."""
+
+    streams: int
+    duration: float = 20.0
+    send_ms: int = 20
+    warmup_s: float = 3.0
+    gap_s: float = 1.0  # silence after each utterance
+    finalize_after_s: float = 0.25  # into the silence, as a bot's VAD stop
+    max_drift_s: float = 0.25
+    max_slope: float = 0.01  # seconds of extra lag per second of run
+    token: str | None = None
+
+
+@dataclass
+class ClientStats:
+    lags: list[tuple[float, float]] = field(default_factory=list)  # (t since start, lag)
+    server_latency: list[float] = field(default_factory=list)
+    ttf: list[float] = field(default_factory=list)  # speech end -> final received
+    finalize_rtt: list[float] = field(default_factory=list)
+    lateness: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    partials: int = 0
+    finals: int = 0
+    connected: bool = False
+    completed: bool = False
+
+
+async def _client(
+    index: int, url: str, cfg: TrialConfig, speech: list[np.ndarray], t0: float
+) -> ClientStats:
+    stats = ClientStats()
+    per_msg = SAMPLE_RATE * cfg.send_ms // 1000
+    send_times: list[
+        float
+    ] = []  # wall time message k was sent (covers samples up to (k+1)*per_msg)
+
+    def sent_at(audio_s: float) -> float | None:
+        k = max(0, math.ceil(audio_s * SAMPLE_RATE / per_msg) - 1)
+        return send_times[k] if k < len(send_times) else None
+
+    def on_event(event: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        kind = event.get("type")
+        if kind == "partial":
+            stats.partials += 1
+            sent = sent_at(float(event["audio_end_s"]))
+            if sent is not None:
+                stats.lags.append((now - t0, now - sent))
+            stats.server_latency.append(float(event.get("latency_s") or 0.0))
+        elif kind == "error":
+            stats.errors.append(f"{event.get('code')}: {event.get('message')}")
+
+    client = ASRClient(url, token=cfg.token, on_event=on_event, open_timeout=30)
+    try:
+        await client.connect()
+    except Exception as exc:
+        stats.errors.append(f"connect: {exc}")
+        return stats
+    stats.connected = True
+
+    # This client's programme: utterances from a rotating start, each followed by silence.
+    rng = np.random.default_rng(index)
+    gap = np.zeros(int(cfg.gap_s * SAMPLE_RATE), "<i2")
+    pieces: list[tuple[bytes, bool, bool]] = []  # (message, is speech, ends an utterance)
+    total = int(cfg.duration * SAMPLE_RATE)
+    order = rng.permutation(len(speech))
+    position, n = int(rng.integers(0, max(1, len(speech[0])))), 0
+    while n < total:
+        clip = speech[order[n % len(order)] if len(order) else 0]
+        clip = clip[position:] if n == 0 else clip
+        position = 0
+        for start in range(0, len(clip), per_msg):
+            piece = clip[start : start + per_msg]
+            pieces.append((piece.tobytes(), True, start + per_msg >= len(clip)))
+        for start in range(0, len(gap), per_msg):
+            pieces.append((gap[start : start + per_msg].tobytes(), False, False))
+        n += len(clip) + len(gap)
+    pieces = pieces[: total // per_msg]
+
+    finals: set[asyncio.Task] = set()
+
+    async def finish(requested: float, speech_end: float) -> None:
+        try:
+            future = await client.send_finalize()
+            await asyncio.wait_for(future, 30)
+            now = time.perf_counter()
+            stats.finals += 1
+            stats.ttf.append(now - speech_end)
+            stats.finalize_rtt.append(now - requested)
+            await client.reset()
+        except Exception as exc:
+            stats.errors.append(f"finalize: {type(exc).__name__}: {exc}")
+
+    start = time.perf_counter()
+    speech_end: float | None = None
+    finalize_at: int | None = None
+    step = cfg.send_ms / 1000
+    try:
+        for k, (message, _is_speech, ends) in enumerate(pieces):
+            due = start + k * step
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = time.perf_counter()
+            stats.lateness.append(max(0.0, now - due))
+            await client.send_audio(message)
+            send_times.append(now)
+            if ends:
+                speech_end = now
+                finalize_at = k + max(1, round(cfg.finalize_after_s / step))
+            if finalize_at is not None and k >= finalize_at and speech_end is not None:
+                task = asyncio.create_task(finish(time.perf_counter(), speech_end))
+                finals.add(task)
+                task.add_done_callback(finals.discard)
+                finalize_at = speech_end = None
+        # Let the last partials arrive, then close.
+        await asyncio.sleep(0.5)
+        if finals:
+            await asyncio.wait(finals, timeout=10)
+        stats.completed = not client.closed.is_set()
+        if client.closed.is_set():
+            stats.errors.append(f"closed by server: {client.close_code} {client.close_reason}")
+    except ConnectionError as exc:
+        stats.errors.append(f"send: {exc}")
+    finally:
+        await client.close()
+    return stats
+
+
+def _http_get(url: str, token: str | None = None, timeout: float = 5.0) -> tuple[int, str]:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> {name{labels}: value} (enough for our own server's output)."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        with contextlib.suppress(ValueError):
+            found[name] = float(value)
+    return found
+
+
+def http_base(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    host = rest.split("/", 1)[0].split("?", 1)[0]
+    return f"{'https' if scheme == 'wss' else 'http'}://{host}"
+
+
+async def _poll_metrics(
+    url: str, token: str | None, t0: float, out: list[dict], stop: asyncio.Event
+):
+    base = http_base(url)
+    while not stop.is_set():
+        try:
+            status, text = await asyncio.to_thread(_http_get, f"{base}/metrics", token)
+            if status == 200:
+                m = parse_metrics(text)
+                out.append(
+                    {
+                        "t": round(time.perf_counter() - t0, 2),
+                        "rss_mb": round(m.get("process_resident_memory_bytes", 0) / 2**20, 1),
+                        "live_streams": m.get("asr_streams_live"),
+                        "batch_mean": m.get("asr_engine_recent_batch_sizes_mean"),
+                        "step_p50_ms": m.get("asr_engine_step_latency_ms_p50"),
+                        "step_p99_ms": m.get("asr_engine_step_latency_ms_p99"),
+                    }
+                )
+        except OSError:
+            pass
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
+def _slope(points: list[tuple[float, float]]) -> float:
+    if len(points) < 3:
+        return 0.0
+    xs = np.array([p[0] for p in points])
+    ys = np.array([p[1] for p in points])
+    if np.ptp(xs) == 0:
+        return 0.0
+    return float(np.polyfit(xs, ys, 1)[0])
+
+
+async def run_trial(
+    url: str, cfg: TrialConfig, speech: list[np.ndarray], *, log=print
+) -> dict[str, Any]:
+    """Run one load level and return its report (see the module docstring)."""
+    t0 = time.perf_counter()
+    samples: list[dict] = []
+    stop = asyncio.Event()
+    poller = asyncio.create_task(_poll_metrics(url, cfg.token, t0, samples, stop))
+
+    # Stagger connections over 0.5 s so they do not all send on the same tick.
+    async def staggered(i: int) -> ClientStats:
+        await asyncio.sleep(0.5 * i / max(1, cfg.streams))
+        return await _client(i, url, cfg, speech, t0)
+
+    results = await asyncio.gather(*(staggered(i) for i in range(cfg.streams)))
+    stop.set()
+    await poller
+    wall = time.perf_counter() - t0
+
+    lags = sorted((t, lag) for r in results for t, lag in r.lags)
+    measured = [(t, lag) for t, lag in lags if t >= cfg.warmup_s]
+    values = [lag for _, lag in measured]
+    end = max((t for t, _ in measured), default=cfg.warmup_s)
+    span = max(1e-9, end - cfg.warmup_s)
+    first = [lag for t, lag in measured if t < cfg.warmup_s + span / 4]
+    last = [lag for t, lag in measured if t >= end - span / 4]
+    drift = (statistics.median(last) - statistics.median(first)) if first and last else None
+    slope = _slope(measured)
+    timeline: dict[int, list[float]] = {}
+    for t, lag in lags:
+        timeline.setdefault(int(t), []).append(lag)
+    errors = [e for r in results for e in r.errors]
+    lateness = [x for r in results for x in r.lateness]
+    rss = [s["rss_mb"] for s in samples if s["rss_mb"] and s["t"] >= cfg.warmup_s]
+    rss_growth = (rss[-1] - rss[0]) / rss[0] if len(rss) >= 2 and rss[0] else None
+    connected = sum(r.connected for r in results)
+    completed = sum(r.completed for r in results)
+    reasons = []
+    if errors:
+        reasons.append(f"{len(errors)} errors")
+    if completed < cfg.streams:
+        reasons.append(f"{cfg.streams - completed} clients did not complete")
+    if not values:
+        reasons.append("no lag samples")
+    if drift is not None and drift > cfg.max_drift_s:
+        reasons.append(f"lag drift {drift:.3f} s > {cfg.max_drift_s} s")
+    if slope > cfg.max_slope:
+        reasons.append(f"lag slope {slope:.4f} s/s > {cfg.max_slope}")
+    report = {
+        "config": asdict(cfg) | {"token": bool(cfg.token)},
+        "wall_s": round(wall, 1),
+        "clients": {"connected": connected, "completed": completed},
+        "partials": sum(r.partials for r in results),
+        "finals": sum(r.finals for r in results),
+        "lag_s": {
+            "p50": _r(pct(values, 50)),
+            "p95": _r(pct(values, 95)),
+            "p99": _r(pct(values, 99)),
+            "max": _r(max(values, default=None)),
+            "drift": _r(drift),
+            "slope_s_per_s": _r(slope, 6),
+        },
+        "server_latency_s": {
+            q: _r(pct([x for r in results for x in r.server_latency], int(q[1:])))
+            for q in ("p50", "p95", "p99")
+        },
+        "time_to_final_s": {
+            q: _r(pct([x for r in results for x in r.ttf], int(q[1:])))
+            for q in ("p50", "p95", "p99")
+        },
+        "finalize_rtt_s": {
+            q: _r(pct([x for r in results for x in r.finalize_rtt], int(q[1:])))
+            for q in ("p50", "p95", "p99")
+        },
+        "send_lateness_s": {"p50": _r(pct(lateness, 50)), "p99": _r(pct(lateness, 99))},
+        "errors": {"count": len(errors), "first": errors[:10]},
+        "server_rss_mb": {
+            "start": rss[0] if rss else None,
+            "end": rss[-1] if rss else None,
+            "max": max(rss) if rss else None,
+            "growth": _r(rss_growth),
+        },
+        "timeline": [
+            {
+                "t": t,
+                "n": len(v),
+                "p50": _r(pct(v, 50)),
+                "p95": _r(pct(v, 95)),
+                "p99": _r(pct(v, 99)),
+            }
+            for t, v in sorted(timeline.items())
+        ],
+        "server_samples": samples,
+        "ok": not reasons,
+        "why_not_ok": reasons,
+    }
+    log(
+        f"N={cfg.streams:4d}  lag p50/p95/p99 {_fmt(report['lag_s']['p50'])}/"
+        f"{_fmt(report['lag_s']['p95'])}/{_fmt(report['lag_s']['p99'])} s  drift "
+        f"{_fmt(drift)} s  ttf p50 {_fmt(report['time_to_final_s']['p50'])} s  errors "
+        f"{len(errors)}  rss {report['server_rss_mb']['start']}->{report['server_rss_mb']['end']} "
+        f"MB  {'OK' if not reasons else 'FAIL: ' + '; '.join(reasons)}"
+    )
+    return report
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+async def wait_idle(url: str, token: str | None, timeout: float = 30.0) -> None:
+    """Wait until the server reports no live streams (between trials)."""
+    base = http_base(url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            status, text = await asyncio.to_thread(_http_get, f"{base}/metrics", token)
+            if status == 200 and parse_metrics(text).get("asr_streams_live", 1) == 0:
+                return
+        await asyncio.sleep(0.5)
+
+
+async def find_max(
+    url: str, base: TrialConfig, speech: list[np.ndarray], *, start: int, limit: int, log=print
+) -> dict[str, Any]:
+    """Largest N with no drift: double from ``start`` until a failure, then bisect."""
+    trials: list[dict] = []
+
+    async def trial(n: int) -> bool:
+        await wait_idle(url, base.token)
+        cfg = TrialConfig(**(asdict(base) | {"streams": n}))
+        report = await run_trial(url, cfg, speech, log=log)
+        trials.append(report)
+        return report["ok"]
+
+    good, bad, n = 0, None, start
+    while n <= limit:
+        if await trial(n):
+            good, n = n, n * 2
+        else:
+            bad = n
+            break
+    if bad is not None:
+        while bad - good > max(1, int(good * 0.1)):
+            mid = (good + bad) // 2
+            if await trial(mid):
+                good = mid
+            else:
+                bad = mid
+    best = next((t for t in trials if t["config"]["streams"] == good and t["ok"]), None)
+    return {
+        "max_streams_no_drift": good,
+        "first_failing": bad,
+        "p99_lag_at_max_s": best["lag_s"]["p99"] if best else None,
+        "trials": trials,
+    }
+
+
+# ---------------------------------------------------------------- server subprocess
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tiny_model_path() -> Path:
+    """A cached tiny random-weight model (built once in a subprocess: NeMo stays out of here)."""
+    path = CACHE_DIR / "loadtest" / f"tiny-blank{TINY_BLANK_BIAS:g}.nemo"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        code = (
+            "import sys; from services.asr.engine.arch import build_model; "
+            f"build_model('tiny', seed=0, blank_bias={TINY_BLANK_BIAS}).save_to(sys.argv[1])"
+        )
+        subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, check=True)
+    return path
+
+
+class ServerProcess:
+    """``voice-agent asr-server`` in a subprocess, on a free loopback port."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str = "cpu",
+        dtype: str = "fp32",
+        chunk_ms: int = 160,
+        max_streams: int = 1024,
+        token: str | None = None,
+        log_path: Path | None = None,
+    ):
+        self.port = free_port()
+        self.token = token
+        # Not `python -m agent.cli`: run as __main__, its EXTRA_COMMANDS is a second copy.
+        entry = "import sys; from agent.cli import main; sys.exit(main())"
+        self.args = [
+            sys.executable, "-c", entry, "asr-server", "--profile", "cpu",
+            "--env-file", os.devnull, "--model", model, "--device", device, "--dtype", dtype,
+            "--chunk-ms", str(chunk_ms), "--port", str(self.port),
+            "--max-streams", str(max_streams),
+            "--idle-timeout", "0", "--max-message-bytes", str(1 << 20),
+        ]  # fmt: skip
+        if token:
+            self.args += ["--token", token]
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/stream"
+
+    def start(self, timeout: float = 300.0) -> None:
+        log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"asr-server exited with {self.proc.returncode} (see {self.log_path})"
+                )
+            with contextlib.suppress(OSError):
+                if _http_get(f"http://127.0.0.1:{self.port}/ready", timeout=1)[0] == 200:
+                    return
+            time.sleep(0.5)
+        raise TimeoutError("asr-server did not become ready")
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------- output
+
+
+def write_png(report: dict[str, Any], path: Path) -> Path | None:
+    """Lag percentiles, server RSS and engine step latency over time (and vs N for find-max)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no PNG", file=sys.stderr)
+        return None
+    trials = report.get("trials") or [report]
+    finding = "max_streams_no_drift" in report
+    fig, axes = plt.subplots(3 + finding, 1, figsize=(10, 10 + 3 * finding), squeeze=False)
+    axes = axes[:, 0]
+    for trial in trials:
+        n = trial["config"]["streams"]
+        tl = trial["timeline"]
+        axes[0].plot([p["t"] for p in tl], [p["p99"] for p in tl], label=f"N={n} p99")
+        if not finding:
+            axes[0].plot([p["t"] for p in tl], [p["p50"] for p in tl], label=f"N={n} p50")
+            axes[0].plot([p["t"] for p in tl], [p["p95"] for p in tl], label=f"N={n} p95")
+        ss = trial["server_samples"]
+        axes[1].plot([s["t"] for s in ss], [s["rss_mb"] for s in ss], label=f"N={n}")
+        axes[2].plot(
+            [s["t"] for s in ss], [s["step_p99_ms"] or 0 for s in ss], label=f"N={n} step p99"
+        )
+    axes[0].set_ylabel("lag (s)")
+    axes[0].set_title("per-chunk lag: partial received - audio it covers was sent")
+    axes[1].set_ylabel("server RSS (MB)")
+    axes[2].set_ylabel("engine step p99 (ms)")
+    axes[2].set_xlabel("time (s)")
+    for ax in axes[:3]:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=3)
+    if finding:
+        ns = [t["config"]["streams"] for t in trials]
+        axes[3].scatter(ns, [t["lag_s"]["p99"] or 0 for t in trials], label="p99 lag")
+        axes[3].scatter(ns, [t["lag_s"]["drift"] or 0 for t in trials], label="drift", marker="x")
+        axes[3].axvline(report["max_streams_no_drift"], color="green", ls="--", label="max N")
+        axes[3].set_xlabel("streams")
+        axes[3].set_ylabel("seconds")
+        axes[3].legend()
+        axes[3].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def table(trials: list[dict]) -> str:
+    """Plain table of every trial."""
+    head = (
+        f"{'N':>5} {'lag p50':>8} {'p95':>7} {'p99':>7} {'drift':>7} {'slope':>8} "
+        f"{'ttf p50':>8} {'ttf p99':>8} {'step p99':>9} {'batch':>6} {'err':>4} "
+        f"{'rss MB':>13} {'late p99':>8}  ok"
+    )
+    rows = [head, "-" * len(head)]
+    for t in trials:
+        lag, ttf = t["lag_s"], t["time_to_final_s"]
+        ss = [s for s in t["server_samples"] if s["step_p99_ms"]]
+        step = max((s["step_p99_ms"] for s in ss), default=None)
+        batch = statistics.mean(s["batch_mean"] for s in ss if s["batch_mean"]) if ss else None
+        rss = t["server_rss_mb"]
+        rows.append(
+            f"{t['config']['streams']:>5} {_fmt(lag['p50']):>8} {_fmt(lag['p95']):>7} "
+            f"{_fmt(lag['p99']):>7} {_fmt(lag['drift']):>7} {lag['slope_s_per_s']:>8.4f} "
+            f"{_fmt(ttf['p50']):>8} {_fmt(ttf['p99']):>8} "
+            f"{(f'{step:.0f} ms' if step else '-'):>9} {(f'{batch:.1f}' if batch else '-'):>6} "
+            f"{t['errors']['count']:>4} {str(rss['start']) + '->' + str(rss['end']):>13} "
+            f"{_fmt(t['send_lateness_s']['p99']):>8}  {'yes' if t['ok'] else 'NO'}"
+        )
+    return "\n".join(rows)
+
+
+def hardware() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    info: dict[str, Any] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        info["loadavg_at_start"] = Path("/proc/loadavg").read_text().split()[:3]
+    return info
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="an ASR server's ws://.../v1/stream")
+    target.add_argument("--tiny", action="store_true", help="start a server on the tiny test model")
+    target.add_argument("--model", help="start a server on this model (.nemo or hub id)")
+    parser.add_argument("--token", default=os.environ.get("VOICE_AGENT_ASR_TOKEN"))
+    parser.add_argument("-n", "--streams", type=int, default=16)
+    parser.add_argument("-t", "--duration", type=float, default=30.0, help="seconds per trial")
+    parser.add_argument("--send-ms", type=int, default=20, help="audio per message (default 20)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds left out of the stats")
+    parser.add_argument("--max-drift", type=float, default=0.25, help="seconds (default 0.25)")
+    parser.add_argument("--max-slope", type=float, default=0.01, help="s of lag per s of run")
+    parser.add_argument(
+        "--find-max", action="store_true", help="ramp N to the largest without drift"
+    )
+    parser.add_argument("--start", type=int, default=8, help="first N of --find-max")
+    parser.add_argument("--limit", type=int, default=1024, help="largest N --find-max tries")
+    parser.add_argument("--wav", help="a 16-bit WAV to play instead of the speech cache")
+    parser.add_argument("--fetch", action="store_true", help="fetch CMU ARCTIC if no speech cached")
+    parser.add_argument("--device", default="cpu", help="server device (with --tiny/--model)")
+    parser.add_argument("--dtype", default="fp32", help="server dtype (with --tiny/--model)")
+    parser.add_argument(
+        "--chunk-ms", type=int, default=160, help="server chunk (with --tiny/--model)"
+    )
+    parser.add_argument("--out", default=None, help="output folder (default loadtest-out/<time>)")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out or f"loadtest-out/{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    speech, source = load_speech(args.wav, fetch=args.fetch)
+    print(f"speech: {source}")
+    base = TrialConfig(
+        streams=args.streams,
+        duration=args.duration,
+        send_ms=args.send_ms,
+        warmup_s=args.warmup,
+        max_drift_s=args.max_drift,
+        max_slope=args.max_slope,
+        token=args.token,
+    )
+    server: ServerProcess | None = None
+    url = args.url
+    if not url:
+        model = str(tiny_model_path()) if args.tiny else args.model
+        server = ServerProcess(
+            model,
+            device=args.device,
+            dtype=args.dtype,
+            chunk_ms=args.chunk_ms,
+            max_streams=max(args.limit, args.streams),
+            token=args.token,
+            log_path=out / "server.log",
+        )
+        print(f"starting asr-server on {model} ({args.device}, {args.dtype}) ...")
+        server.start()
+        url = server.url
+    try:
+        hw = hardware()
+        if args.find_max:
+            report = asyncio.run(find_max(url, base, speech, start=args.start, limit=args.limit))
+            trials = report["trials"]
+        else:
+            report = asyncio.run(run_trial(url, base, speech))
+            trials = [report]
+    finally:
+        if server is not None:
+            server.stop()
+    report = {
+        "target": url,
+        "model": "tiny" if args.tiny else (args.model or "remote"),
+        "speech": source,
+        "hardware": hw,
+        **report,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    png = write_png(report, out / "lag.png")
+    print()
+    print(table(trials))
+    if args.find_max:
+        print(
+            f"\nlargest N with no drift: {report['max_streams_no_drift']} "
+            f"(p99 lag {_fmt(report['p99_lag_at_max_s'])} s); first failing N: "
+            f"{report['first_failing']}"
+        )
+    print(f"\nreport: {out / 'report.json'}" + (f", plot: {png}" if png else ""))
+    return 0 if (report.get("ok", True) and report.get("max_streams_no_drift", 1)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
