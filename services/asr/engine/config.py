@@ -1,0 +1,92 @@
+"""Engine configuration: one frozen dataclass, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_MODEL = "nvidia/nemotron-speech-streaming-en-0.6b"
+
+# chunk_ms -> right context R of att_context_size [70, R]; the model was trained with these four.
+CHUNK_MS_TO_RIGHT_CONTEXT: dict[int, int] = {80: 0, 160: 1, 560: 6, 1120: 13}
+LEFT_CONTEXT = 70
+
+_DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")
+_DTYPES = ("fp32", "bf16")
+
+
+def _invalid(name: str, value: object, allowed: object) -> ValueError:
+    return ValueError(f"EngineConfig.{name}={value!r} is invalid; allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings of one ASR engine.
+
+    Attributes:
+        model: Hugging Face id (loaded with ``ASRModel.from_pretrained``) or a path to a ``.nemo``.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: ``fp32`` or ``bf16`` (bf16 runs the model under autocast; features stay fp32).
+        chunk_ms: streaming chunk, one of 80/160/560/1120 (att_context_size [70, 0/1/6/13]).
+        max_streams: open streams allowed at once; ``open_stream`` raises beyond it.
+        max_batch: most streams advanced by one encoder call; the rest wait for the next tick.
+        cuda_graphs: capture the encoder step in CUDA graphs (CUDA only, static bucketed shapes).
+        batch_buckets: batch sizes a call is padded up to. Empty: powers of two on CUDA, no padding
+            on CPU (padding only pays off where shapes must be static).
+        warmup: run each step shape once at start so the first real request is not slow.
+        max_utterance_chars: cap on the text kept for one utterance (oldest text is dropped), so a
+            stream that is never reset stays bounded in memory.
+    """
+
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "fp32"
+    chunk_ms: int = 160
+    max_streams: int = 1024
+    max_batch: int = 1024
+    cuda_graphs: bool = False
+    batch_buckets: tuple[int, ...] = field(default_factory=tuple)
+    warmup: bool = True
+    max_utterance_chars: int = 20_000
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise _invalid("model", self.model, "a Hugging Face model id or a path to a .nemo file")
+        dev = self.device
+        if not isinstance(dev, str) or not (
+            dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())
+        ):
+            raise _invalid("device", dev, _DEVICES)
+        if self.dtype not in _DTYPES:
+            raise _invalid("dtype", self.dtype, _DTYPES)
+        if self.chunk_ms not in CHUNK_MS_TO_RIGHT_CONTEXT:
+            raise _invalid("chunk_ms", self.chunk_ms, tuple(CHUNK_MS_TO_RIGHT_CONTEXT))
+        for name in ("max_streams", "max_batch", "max_utterance_chars"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise _invalid(name, value, "an integer >= 1")
+        if not isinstance(self.cuda_graphs, bool):
+            raise _invalid("cuda_graphs", self.cuda_graphs, (True, False))
+        buckets = tuple(self.batch_buckets)
+        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets) or list(
+            buckets
+        ) != sorted(set(buckets)):
+            raise _invalid("batch_buckets", self.batch_buckets, "strictly increasing integers >= 1")
+        object.__setattr__(self, "batch_buckets", buckets)
+
+    @property
+    def right_context(self) -> int:
+        """Right context R (lookahead, in encoder frames) of the chosen chunk mode."""
+        return CHUNK_MS_TO_RIGHT_CONTEXT[self.chunk_ms]
+
+    @property
+    def att_context_size(self) -> list[int]:
+        """``[left, right]`` attention context passed to ``set_default_att_context_size``."""
+        return [LEFT_CONTEXT, self.right_context]
+
+    def resolved_device(self) -> str:
+        """The concrete torch device string (``auto`` picks CUDA when available)."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,649 @@
+"""ASREngine: one batched cache-aware streaming ASR per (model, device), shared by all sessions.
+
+Callers (any thread, or asyncio) open streams and push audio; nothing they call waits for model
+work. A scheduler thread runs ticks: plan (under the lock) -> execute on the model (no lock) ->
+commit results (under the lock) -> deliver events (no lock). A tick runs one encoder call per step
+shape (first steps, later steps, finals) and one greedy decode for all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import EngineConfig
+from .loader import configure_for_streaming, load_asr_model
+from .runner import FIRST, LATER, ModelRunner
+from .scheduler import FinalWork, Scheduler, TickPlan
+from .slots import SlotPool
+from .state import FinalRequest, StreamState, TextState
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+
+class EngineFullError(RuntimeError):
+    """``open_stream`` was called with ``max_streams`` streams already open."""
+
+
+class StreamClosedError(RuntimeError):
+    """The stream (or its engine) is closed."""
+
+
+@dataclass(frozen=True)
+class TranscriptEvent:
+    """A transcript of the current utterance of one stream.
+
+    Attributes:
+        stream_id: the stream's id.
+        text: the whole current utterance so far (not a delta).
+        is_final: True for the result of ``finalize``.
+        audio_start_s: start of the audio covered, seconds on the stream clock (0 = open/reset).
+        audio_end_s: end of the audio covered, seconds on the stream clock.
+        latency_s: finals: finalize request -> result; partials: the chunk's audio complete ->
+            event; None when unknown.
+        utterance: index of the utterance (0 at open, +1 per ``reset``).
+    """
+
+    stream_id: str
+    text: str
+    is_final: bool
+    audio_start_s: float
+    audio_end_s: float
+    latency_s: float | None
+    utterance: int
+
+
+def to_float32(pcm: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """Convert pushed audio to float32 samples in [-1, 1].
+
+    Args:
+        pcm: int16 little-endian mono bytes, or a 1-D float32/float64/int16 array.
+
+    Raises:
+        ValueError: odd byte length, wrong dimensions, dtype or type.
+    """
+    if isinstance(pcm, (bytes, bytearray, memoryview)):
+        raw = memoryview(pcm).cast("B")
+        if raw.nbytes % 2:
+            raise ValueError(f"PCM bytes must be int16 (even length), got {raw.nbytes} bytes")
+        return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    if isinstance(pcm, np.ndarray):
+        if pcm.ndim != 1:
+            raise ValueError(f"audio array must be 1-D (mono), got shape {pcm.shape}")
+        if pcm.dtype == np.int16:
+            return pcm.astype(np.float32) / 32768.0
+        if pcm.dtype in (np.float32, np.float64):
+            return pcm.astype(np.float32)  # a copy: the caller may reuse its buffer
+        raise ValueError(f"audio array dtype must be float32 or int16, got {pcm.dtype}")
+    raise ValueError(f"audio must be bytes or a numpy array, got {type(pcm).__name__}")
+
+
+class ASRStream:
+    """A handle to one audio stream of an engine. All methods are thread-safe."""
+
+    def __init__(
+        self,
+        engine: ASREngine,
+        state: StreamState,
+        on_event: Callable[[TranscriptEvent], None] | None,
+    ) -> None:
+        self._engine = engine
+        self._state = state
+        self._on_event = on_event
+        self._subscribers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
+
+    @property
+    def id(self) -> str:
+        return self._state.id
+
+    @property
+    def closed(self) -> bool:
+        return self._state.closed
+
+    @property
+    def utterance(self) -> int:
+        return self._state.utterance
+
+    def push_audio(self, pcm: bytes | np.ndarray) -> None:
+        """Append 16 kHz mono audio (int16 LE bytes, or a 1-D float32/int16 array).
+
+        Never waits for model work. Raises ValueError for malformed audio and StreamClosedError
+        after ``close``.
+        """
+        self._engine._push(self, to_float32(pcm))
+
+    async def events(self) -> AsyncIterator[TranscriptEvent]:
+        """Partial transcripts (``is_final=False``) whenever the utterance text changes.
+
+        Events are delivered onto the event loop that iterates; iteration ends when the stream
+        closes. Finals are not sent here: they are what ``finalize`` returns.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[TranscriptEvent | None] = asyncio.Queue()
+        if not self._engine._subscribe(self, loop, queue):
+            return
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    return
+                yield event
+        finally:
+            self._engine._unsubscribe(self, loop, queue)
+
+    async def finalize(self) -> TranscriptEvent:
+        """Speculative final of the utterance so far, without disturbing the live stream.
+
+        The audio pushed up to this call is padded with silence to the chunk grid and decoded
+        to the end on a copy of the stream state. If speech resumes, keep pushing audio and
+        ignore the result; if the turn ends, call ``reset``.
+        """
+        return await asyncio.wrap_future(self._engine._request_final(self))
+
+    def finalize_sync(self, timeout: float | None = None) -> TranscriptEvent:
+        """Blocking ``finalize`` for threads (never call it on an event loop)."""
+        return self._engine._request_final(self).result(timeout)
+
+    def reset(self) -> None:
+        """Accept the utterance: the next one starts fresh (empty text, clock at 0).
+
+        Audio pushed before the call is dropped; a final requested before it is still
+        computed (on the old utterance) and returned.
+        """
+        self._engine._reset(self)
+
+    def close(self) -> None:
+        """Free the stream's slot now; pending finals fail; ``events()`` ends. Idempotent."""
+        self._engine._close(self)
+
+    def _deliver(self, event: TranscriptEvent, subscribers: list) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                logger.exception("on_event callback of stream %s failed", self.id)
+        for loop, queue in subscribers:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+            except RuntimeError:  # the loop is closed: that consumer is gone
+                pass
+
+    def __repr__(self) -> str:
+        return f"ASRStream(id={self.id!r}, closed={self.closed})"
+
+
+class ASREngine:
+    """Batched cache-aware streaming ASR shared by every stream of a process.
+
+    ``on_event`` callbacks run on the scheduler thread: keep them short and never block in them.
+    """
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, config: EngineConfig | None = None, *, model=None) -> None:
+        """Load the model (unless ``model`` is given, already loaded) and start the scheduler.
+
+        Args:
+            config: engine settings; defaults to ``EngineConfig()``.
+            model: an already loaded NeMo RNNT model to use instead of loading ``config.model``
+                (benchmarks share one model between runs). It is reconfigured for streaming.
+        """
+        self.config = config or EngineConfig()
+        self.device = torch.device(self.config.resolved_device())
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"EngineConfig.device={self.config.device!r} but CUDA is unavailable")
+        if model is None:
+            model = load_asr_model(self.config, str(self.device))
+        else:
+            configure_for_streaming(model, self.config)
+            model = model.to(self.device)
+        self.model = model
+        with torch.inference_mode():
+            self._runner = ModelRunner(model, self.config, self.device)
+            if self._runner.features.sample_rate != SAMPLE_RATE:
+                raise ValueError(f"model expects {self._runner.features.sample_rate} Hz audio")
+            self._pool = SlotPool(
+                self._runner.encoder_template(),
+                self._runner.decoder_layout,
+                max_slots=self.config.max_streams,
+            )
+            if self.config.warmup:
+                self._runner.warmup(self.config.max_batch)
+        self._scheduler = Scheduler(
+            self._runner.features,
+            self._runner.chunk_first,
+            self._runner.chunk,
+            self.config.max_batch,
+        )
+        self._detok = model.decoding.decode_tokens_to_str_with_strip_punctuation
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._streams: dict[str, ASRStream] = {}
+        self._preplanned: list[FinalWork] = []
+        self._ids = itertools.count()
+        self._tick = 0
+        self._encoder_calls = 0
+        self._tick_ms: collections.deque[float] = collections.deque(maxlen=2048)
+        self._batch_sizes: collections.deque[int] = collections.deque(maxlen=256)
+        self._stopping = False
+        # Test/benchmark hook: called on the scheduler thread as
+        # tap(stream_id, "live" | "final", encoded [d_model, T] tensor) for every encoder output.
+        self._encoder_tap: Callable[[str, str, torch.Tensor], None] | None = None
+        self._thread = threading.Thread(target=self._loop, name="asr-engine", daemon=True)
+        self._thread.start()
+        logger.info(
+            "ASR engine started: %s on %s (%s), chunk %d ms (%d+%d mel frames/step)",
+            self.config.model,
+            self.device,
+            self.config.dtype,
+            self.config.chunk_ms,
+            self._runner.chunk_first,
+            self._runner.chunk,
+        )
+
+    # ---------------- public API ----------------
+
+    @property
+    def chunk_ms(self) -> int:
+        return self.config.chunk_ms
+
+    @property
+    def is_shutdown(self) -> bool:
+        return self._stopping
+
+    def open_stream(self, on_event: Callable[[TranscriptEvent], None] | None = None) -> ASRStream:
+        """Open a stream (thread-safe).
+
+        Args:
+            on_event: called with each partial ``TranscriptEvent``, on the scheduler thread.
+
+        Raises:
+            EngineFullError: ``max_streams`` streams are already open.
+            StreamClosedError: the engine was shut down.
+        """
+        with self._lock:
+            if self._stopping:
+                raise StreamClosedError("the ASR engine is shut down")
+            if len(self._streams) >= self.config.max_streams:
+                raise EngineFullError(
+                    f"{len(self._streams)} streams open: max_streams={self.config.max_streams}"
+                )
+            stream_id = f"{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+            text = TextState(self._detok, self.config.max_utterance_chars)
+            handle = ASRStream(self, StreamState(stream_id, text), on_event)
+            self._streams[stream_id] = handle
+            return handle
+
+    def padded_length(self, n_samples: int) -> int:
+        """Samples of the silence-padded utterance a final over ``n_samples`` samples decodes.
+
+        ``finalize`` returns the offline transcript of the audio padded with zeros to this length.
+        """
+        return self._scheduler.padded_length(n_samples)
+
+    def stats(self) -> dict:
+        """Counters for monitoring: streams, slots, batch sizes, step latency percentiles."""
+        with self._lock:
+            live = len(self._streams)
+            pending = sum(len(h._state.finals) for h in self._streams.values())
+            ticks = list(self._tick_ms)
+            batches = list(self._batch_sizes)
+            steps = self._tick
+            calls = self._encoder_calls
+        ordered = sorted(ticks)
+
+        def pct(q: float) -> float | None:
+            if not ordered:
+                return None
+            return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+        return {
+            "live_streams": live,
+            "slots_in_use": self._pool.in_use,
+            "slot_capacity": self._pool.capacity,
+            "slot_pool_bytes": self._pool.nbytes(),
+            "pending_finals": pending,
+            "steps_run": steps,
+            "encoder_calls": calls,
+            "recent_batch_sizes": batches[-32:],
+            "step_latency_ms": {"p50": pct(50), "p95": pct(95), "p99": pct(99)},
+            "device": str(self.device),
+            "dtype": self.config.dtype,
+            "chunk_ms": self.config.chunk_ms,
+        }
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the scheduler thread and close every stream. Idempotent."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            handles = list(self._streams.values())
+        self._wake.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        for handle in handles:
+            handle.close()
+        _forget_engine(self)
+        logger.info("ASR engine shut down")
+
+    # ---------------- called by ASRStream ----------------
+
+    def _push(self, handle: ASRStream, samples: np.ndarray) -> None:
+        with self._lock:
+            state = handle._state
+            if state.closed:
+                raise StreamClosedError(f"stream {state.id} is closed")
+            if not samples.size:
+                return
+            state.audio.append(samples)
+            state.arrivals.append((state.audio.total, time.perf_counter()))
+            if state.audio.total >= self._scheduler.samples_for_next_step(state):
+                self._wake.set()
+
+    def _request_final(self, handle: ASRStream) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            state = handle._state
+            if state.closed:
+                future.set_exception(StreamClosedError(f"stream {state.id} is closed"))
+                return future
+            state.finals.append(
+                FinalRequest(state.audio.total, time.perf_counter(), state.utterance, future)
+            )
+            self._wake.set()
+        return future
+
+    def _reset(self, handle: ASRStream) -> None:
+        with self._lock:
+            state = handle._state
+            if state.closed:
+                raise StreamClosedError(f"stream {state.id} is closed")
+            # Finals asked for before the reset are planned now, on the old utterance; they run
+            # before the new utterance's first step can touch the slot.
+            for request in state.finals:
+                self._preplanned.append(self._scheduler._plan_final(state, request))
+            state.finals.clear()
+            state.new_utterance()
+            if self._preplanned:
+                self._wake.set()
+
+    def _close(self, handle: ASRStream) -> None:
+        with self._lock:
+            state = handle._state
+            if state.closed:
+                return
+            state.closed = True
+            self._streams.pop(state.id, None)
+            if state.slot is not None:
+                self._pool.release(state.slot)
+                state.slot = None
+            pending, state.finals = state.finals, []
+            subscribers, handle._subscribers = handle._subscribers, []
+        for request in pending:
+            _fail(request.future, StreamClosedError(f"stream {state.id} closed before its final"))
+        for loop, queue in subscribers:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+            except RuntimeError:
+                pass
+
+    def _subscribe(self, handle: ASRStream, loop, queue) -> bool:
+        with self._lock:
+            if handle._state.closed:
+                return False
+            handle._subscribers.append((loop, queue))
+            return True
+
+    def _unsubscribe(self, handle: ASRStream, loop, queue) -> None:
+        with self._lock:
+            if (loop, queue) in handle._subscribers:
+                handle._subscribers.remove((loop, queue))
+
+    # ---------------- scheduler thread ----------------
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            busy = False
+            while True:
+                if not busy:
+                    self._wake.wait(0.05)
+                if self._stopping:
+                    break
+                with self._lock:
+                    self._wake.clear()
+                    plan = self._scheduler.plan(
+                        [h._state for h in self._streams.values()],
+                        self._tick,
+                        self._pool.acquire,
+                    )
+                    if self._preplanned:
+                        plan.finals[:0] = self._preplanned
+                        self._preplanned = []
+                if plan.empty:
+                    busy = False
+                    continue
+                busy = True
+                started = time.perf_counter()
+                try:
+                    live_tokens, final_tokens = self._execute(plan)
+                except Exception as exc:
+                    logger.exception("ASR engine tick failed")
+                    for work in plan.finals:
+                        _fail(work.request.future, exc)
+                    time.sleep(0.05)  # do not spin if every tick fails
+                    continue
+                deliveries = self._commit(plan, live_tokens, final_tokens)
+                for future, event in deliveries[0]:
+                    if not future.done():
+                        try:
+                            future.set_result(event)
+                        except concurrent.futures.InvalidStateError:
+                            pass  # cancelled by the caller meanwhile
+                for handle, event, subscribers in deliveries[1]:
+                    handle._deliver(event, subscribers)
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                with self._lock:
+                    self._tick += 1
+                    self._tick_ms.append(elapsed_ms)
+                    self._batch_sizes.append(plan.live_rows + len(plan.finals))
+
+    def _slots(self, slots: list[int]) -> torch.Tensor:
+        return torch.tensor(slots, dtype=torch.long, device=self.device)
+
+    def _execute(self, plan: TickPlan) -> tuple[list[list[int]], list[list[int]]]:
+        runner, pool, features = self._runner, self._pool, self._runner.features
+        calls = 0
+        # Rows of the single decode: live first steps, live later steps, then finals.
+        enc_parts: list[torch.Tensor] = []
+        len_parts: list[torch.Tensor] = []
+        state_parts: list[list[torch.Tensor]] = []
+
+        # 1. Finals first: they copy the live state before this tick's live steps overwrite it.
+        groups: dict[tuple, list[int]] = {}
+        for i, work in enumerate(plan.finals):
+            key = (work.slot is None, tuple(work.substeps))
+            groups.setdefault(key, []).append(i)
+        final_order: list[int] = []
+        final_enc, final_len, final_state = [], [], []
+        for (fresh, substeps), members in groups.items():
+            works = [plan.finals[i] for i in members]
+            total = works[0].end - works[0].start
+            mel = features.compute(np.stack([w.window for w in works]), total)
+            if fresh:
+                caches = pool.initial_encoder(len(works))
+                dec_state = pool.start_decoder(len(works))
+            else:
+                idx = self._slots([w.slot for w in works])
+                caches = pool.gather_encoder(idx)
+                dec_state = pool.gather_decoder(idx)
+            outs, lens, pos = [], None, 0
+            for j, (kind, n) in enumerate(substeps):
+                res = runner.encode(kind, mel[:, :, pos : pos + n], caches, j == len(substeps) - 1)
+                calls += 1
+                pos += n
+                caches = res.caches
+                width = int(res.lengths.max())
+                outs.append(res.encoded[:, :, :width])
+                lens = res.lengths if lens is None else lens + res.lengths
+            final_order.extend(members)
+            final_enc.append(torch.cat(outs, dim=2))
+            if self._encoder_tap is not None:
+                for row, work in enumerate(works):
+                    self._encoder_tap(work.stream.id, "final", final_enc[-1][row, :, : lens[row]])
+            final_len.append(lens)
+            final_state.append(dec_state)
+
+        # 2. Live steps: one encoder call per step shape; caches go straight back to the slots.
+        live_idx = []
+        if plan.first:
+            idx = self._slots([s.slot for s in plan.first])
+            mel = features.compute(np.stack([s.window for s in plan.first]), runner.chunk_first)
+            res = runner.encode(FIRST, mel, pool.initial_encoder(len(plan.first)))
+            calls += 1
+            pool.scatter_encoder(idx, res.caches)
+            pool.reset_decoder(idx)
+            enc_parts.append(res.encoded)
+            len_parts.append(res.lengths)
+            live_idx.append(idx)
+        if plan.later:
+            idx = self._slots([s.slot for s in plan.later])
+            mel = features.compute(np.stack([s.window for s in plan.later]), runner.chunk)
+            res = runner.encode(LATER, mel, pool.gather_encoder(idx))
+            calls += 1
+            pool.scatter_encoder(idx, res.caches)
+            enc_parts.append(res.encoded)
+            len_parts.append(res.lengths)
+            live_idx.append(idx)
+        n_live = plan.live_rows
+        if self._encoder_tap is not None and n_live:
+            steps = plan.first + plan.later
+            row = 0
+            for enc, lens in zip(enc_parts, len_parts, strict=True):
+                for i in range(enc.shape[0]):
+                    self._encoder_tap(steps[row].stream.id, "live", enc[i, :, : lens[i]])
+                    row += 1
+        if live_idx:
+            all_live = torch.cat(live_idx)
+            state_parts.append(pool.gather_decoder(all_live))
+
+        # 3. One greedy decode for every row.
+        enc_parts += final_enc
+        len_parts += final_len
+        state_parts += final_state
+        width = max(e.shape[2] for e in enc_parts)
+        encoded = torch.cat([F.pad(e, (0, width - e.shape[2])) for e in enc_parts], dim=0)
+        lengths = torch.cat(len_parts)
+        dims = runner.decoder_layout.batch_dims
+        state = [torch.cat([p[k] for p in state_parts], dim=d) for k, d in enumerate(dims)]
+        tokens, new_state = runner.decode(encoded, lengths, state)
+        if n_live:
+            pool.scatter_decoder(
+                all_live, [t.narrow(d, 0, n_live) for t, d in zip(new_state, dims, strict=True)]
+            )
+        with self._lock:
+            self._encoder_calls += calls
+
+        final_tokens: list[list[int]] = [[] for _ in plan.finals]
+        for row, i in enumerate(final_order):
+            final_tokens[i] = tokens[n_live + row]
+        return tokens[:n_live], final_tokens
+
+    def _commit(self, plan: TickPlan, live_tokens, final_tokens):
+        now = time.perf_counter()
+        features = self._runner.features
+        finals = []
+        events = []
+        with self._lock:
+            for work, ids in zip(plan.finals, final_tokens, strict=True):
+                request = work.request
+                event = TranscriptEvent(
+                    stream_id=work.stream.id,
+                    text=work.text.preview(ids),
+                    is_final=True,
+                    audio_start_s=0.0,
+                    audio_end_s=request.n_samples / SAMPLE_RATE,
+                    latency_s=now - request.requested_at,
+                    utterance=request.utterance,
+                )
+                finals.append((request.future, event))
+            for step, ids in zip(plan.first + plan.later, live_tokens, strict=True):
+                state = step.stream
+                if state.closed or state.generation != step.generation:
+                    continue  # closed or reset meanwhile: the result belongs to nobody
+                state.mel_pos = step.start + step.n_frames
+                state.last_served = plan.tick
+                state.audio.trim(features.window(state.mel_pos, state.mel_pos)[0])
+                if state.text.extend(ids):
+                    handle = self._streams.get(state.id)
+                    if handle is None:
+                        continue
+                    arrived = state.arrival_time(step.audio_needed)
+                    event = TranscriptEvent(
+                        stream_id=state.id,
+                        text=state.text.text,
+                        is_final=False,
+                        audio_start_s=0.0,
+                        audio_end_s=state.mel_pos * features.hop / SAMPLE_RATE,
+                        latency_s=None if arrived is None else now - arrived,
+                        utterance=state.utterance,
+                    )
+                    events.append((handle, event, list(handle._subscribers)))
+                else:
+                    state.arrival_time(step.audio_needed)  # drop arrival records no longer needed
+        return finals, events
+
+
+def _fail(future: concurrent.futures.Future, exc: BaseException) -> None:
+    if not future.done():
+        try:
+            future.set_exception(exc)
+        except concurrent.futures.InvalidStateError:
+            pass
+
+
+# ---------------- process-wide engines ----------------
+
+_ENGINES: dict[tuple, ASREngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _engine_key(config: EngineConfig) -> tuple:
+    return (config.model, config.resolved_device(), config.dtype, config.chunk_ms)
+
+
+def get_engine(config: EngineConfig | None = None) -> ASREngine:
+    """The process-wide engine for ``(model, device, dtype, chunk_ms)``, created on first use.
+
+    Thread-safe. Later calls with the same key return the same engine even if other fields
+    (``max_streams``, ...) differ: the first config wins.
+    """
+    config = config or EngineConfig()
+    key = _engine_key(config)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None or engine.is_shutdown:
+            engine = ASREngine(config)
+            _ENGINES[key] = engine
+        return engine
+
+
+def _forget_engine(engine: ASREngine) -> None:
+    with _ENGINES_LOCK:
+        for key, value in list(_ENGINES.items()):
+            if value is engine:
+                del _ENGINES[key]

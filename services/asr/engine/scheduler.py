@@ -1,0 +1,162 @@
+"""Tick planning: which streams step now, with which shape, and which finals run.
+
+Pure bookkeeping over ``StreamState`` (no torch): the engine calls ``plan`` under its lock, then
+runs the plan without the lock. Each tick holds at most three kinds of work:
+
+- first steps (``chunk_size[0]`` frames, drop 0) for streams starting an utterance;
+- later steps (9 cached + ``chunk_size[1]`` frames, drop 2) for streams with a full chunk;
+- finals: a copy of a stream's state is advanced over the rest of its audio, padded with silence
+  to the chunk grid, the last sub-step keeping all outputs. Finals never write the live state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from .features import IncrementalMel
+from .runner import FIRST, LATER
+from .state import FinalRequest, StreamState, TextState
+
+
+@dataclasses.dataclass
+class LiveStep:
+    """One stream's regular step."""
+
+    stream: StreamState
+    generation: int
+    kind: str
+    start: int  # first mel frame
+    n_frames: int
+    window: np.ndarray  # samples for the mel frames
+    slot: int
+    audio_needed: int  # samples the step needed (for chunk latency)
+
+
+@dataclasses.dataclass
+class FinalWork:
+    """One final: sub-steps from the stream's position to the padded end."""
+
+    stream: StreamState
+    request: FinalRequest
+    start: int  # mel frame the final continues from (the live position)
+    end: int  # padded end, in mel frames
+    substeps: list[tuple[str, int]]  # (kind, n_frames), the last one keeps all outputs
+    window: np.ndarray
+    slot: int | None  # live slot to copy state from; None when the utterance has no step yet
+    text: TextState  # snapshot of the live text when the final was planned
+
+
+@dataclasses.dataclass
+class TickPlan:
+    tick: int
+    first: list[LiveStep]
+    later: list[LiveStep]
+    finals: list[FinalWork]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.first or self.later or self.finals)
+
+    @property
+    def live_rows(self) -> int:
+        return len(self.first) + len(self.later)
+
+
+class Scheduler:
+    """Decides the work of each tick from the streams' states."""
+
+    def __init__(
+        self, features: IncrementalMel, chunk_first: int, chunk: int, max_batch: int
+    ) -> None:
+        self.features = features
+        self.chunk_first = chunk_first
+        self.chunk = chunk
+        self.max_batch = max_batch
+
+    def step_frames(self, stream: StreamState) -> tuple[str, int]:
+        """Kind and frame count of the stream's next live step."""
+        return (FIRST, self.chunk_first) if stream.mel_pos == 0 else (LATER, self.chunk)
+
+    def samples_for_next_step(self, stream: StreamState) -> int:
+        """Samples the stream needs before its next live step can run."""
+        _, n = self.step_frames(stream)
+        return self.features.samples_needed(stream.mel_pos + n)
+
+    def final_frames(self, n_samples: int) -> int:
+        """Mel frames of a final over ``n_samples`` samples: covers them, on the chunk grid."""
+        needed = max(math.ceil(n_samples / self.features.hop), 1)
+        if needed <= self.chunk_first:
+            return self.chunk_first
+        return self.chunk_first + math.ceil((needed - self.chunk_first) / self.chunk) * self.chunk
+
+    def padded_length(self, n_samples: int) -> int:
+        """Length of the silence-padded utterance whose offline transcript a final equals."""
+        return self.final_frames(n_samples) * self.features.hop
+
+    def plan(
+        self,
+        streams: Iterable[StreamState],
+        tick: int,
+        acquire_slot: Callable[[], int],
+    ) -> TickPlan:
+        """Build the work of one tick (call with the engine lock held)."""
+        ready: list[StreamState] = []
+        finals: list[FinalWork] = []
+        for stream in streams:
+            if stream.closed:
+                continue
+            for request in stream.finals:
+                finals.append(self._plan_final(stream, request))
+            stream.finals.clear()
+            if stream.audio.total >= self.samples_for_next_step(stream):
+                ready.append(stream)
+        # Round robin under overload: streams served longest ago go first.
+        ready.sort(key=lambda s: s.last_served)
+        first: list[LiveStep] = []
+        later: list[LiveStep] = []
+        for stream in ready[: self.max_batch]:
+            kind, n = self.step_frames(stream)
+            if stream.slot is None:
+                stream.slot = acquire_slot()
+            lo, hi = self.features.window(stream.mel_pos, stream.mel_pos + n)
+            step = LiveStep(
+                stream=stream,
+                generation=stream.generation,
+                kind=kind,
+                start=stream.mel_pos,
+                n_frames=n,
+                window=stream.audio.read(lo, hi),
+                slot=stream.slot,
+                audio_needed=hi,
+            )
+            (first if kind == FIRST else later).append(step)
+        return TickPlan(tick=tick, first=first, later=later, finals=finals)
+
+    def _plan_final(self, stream: StreamState, request: FinalRequest) -> FinalWork:
+        start = stream.mel_pos
+        end = self.final_frames(request.n_samples)
+        if end <= start:  # cannot happen while live steps only use audio pushed before the request
+            end = start + (self.chunk_first if start == 0 else self.chunk)
+        substeps: list[tuple[str, int]] = []
+        pos = start
+        if pos == 0:
+            substeps.append((FIRST, self.chunk_first))
+            pos = self.chunk_first
+        while pos < end:
+            substeps.append((LATER, self.chunk))
+            pos += self.chunk
+        lo, hi = self.features.window(start, end)
+        return FinalWork(
+            stream=stream,
+            request=request,
+            start=start,
+            end=end,
+            substeps=substeps,
+            window=stream.audio.read(lo, hi, limit=request.n_samples),
+            slot=stream.slot if start > 0 else None,
+            text=stream.text.snapshot(),
+        )

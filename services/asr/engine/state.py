@@ -1,0 +1,188 @@
+"""Per-stream bookkeeping: audio, feature position, slot, text, pending finals.
+
+Everything here is plain Python/numpy, guarded by the engine lock; the scheduler thread reads it
+to plan a tick and writes it back when the tick commits. No model tensors live here (those are in
+the slot pool), so copying a stream's state for a final is cheap.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+
+class AudioBuffer:
+    """Samples of the current utterance, indexed from its start; old samples are dropped."""
+
+    def __init__(self) -> None:
+        self._chunks: list[np.ndarray] = []
+        self._start = 0  # utterance index of the first sample held
+        self.total = 0  # samples pushed since the utterance began
+
+    @property
+    def held(self) -> int:
+        """Samples currently kept in memory."""
+        return self.total - self._start
+
+    def append(self, samples: np.ndarray) -> None:
+        if samples.size:
+            self._chunks.append(samples)
+            self.total += samples.size
+
+    def _joined(self) -> np.ndarray:
+        if len(self._chunks) != 1:
+            self._chunks = [
+                np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+            ]
+        return self._chunks[0]
+
+    def read(self, lo: int, hi: int, limit: int | None = None) -> np.ndarray:
+        """Samples ``[lo, hi)``; indices below 0 or at/after ``limit`` (or the end) are zeros."""
+        out = np.zeros(hi - lo, dtype=np.float32)
+        end = self.total if limit is None else min(limit, self.total)
+        s0, s1 = max(lo, 0), min(hi, end)
+        if s1 > s0:
+            if s0 < self._start:
+                raise RuntimeError(
+                    f"samples from {s0} were already dropped (held from {self._start})"
+                )
+            data = self._joined()
+            out[s0 - lo : s1 - lo] = data[s0 - self._start : s1 - self._start]
+        return out
+
+    def trim(self, keep_from: int) -> None:
+        """Forget samples before ``keep_from`` (they will never be read again)."""
+        keep_from = min(max(keep_from, self._start), self.total)
+        if keep_from == self._start:
+            return
+        data = self._joined()
+        # Copy so the dropped prefix is really released, not kept alive as a view's base.
+        self._chunks = [data[keep_from - self._start :].copy()]
+        self._start = keep_from
+
+    def clear(self) -> None:
+        """Start a new utterance clock at zero."""
+        self._chunks = []
+        self._start = 0
+        self.total = 0
+
+
+class TextState:
+    """The current utterance's text, built incrementally from token ids.
+
+    Only a short tail of token ids is kept; older ones are folded into ``committed`` text. The
+    detokenizer is applied to ``[anchor] + tail`` and the anchor's own text is cut off, so
+    word-boundary spaces of subword tokenizers come out as in a one-shot decode.
+    """
+
+    def __init__(
+        self,
+        detokenize: Callable[[list[int]], str],
+        max_chars: int,
+        max_tail: int = 256,
+        keep_tail: int = 32,
+    ) -> None:
+        self._detok = detokenize
+        self._max_chars = max_chars
+        self._max_tail = max_tail
+        self._keep_tail = keep_tail
+        self.clear()
+
+    def clear(self) -> None:
+        self.committed = ""
+        self.anchor: int | None = None
+        self.tail: list[int] = []
+        self.text = ""
+
+    def snapshot(self) -> TextState:
+        """An independent copy (finals preview text on it while the live text moves on)."""
+        copy = TextState(self._detok, self._max_chars, self._max_tail, self._keep_tail)
+        copy.committed, copy.anchor, copy.tail, copy.text = (
+            self.committed,
+            self.anchor,
+            list(self.tail),
+            self.text,
+        )
+        return copy
+
+    def _suffix(self, ids: list[int]) -> str:
+        if not ids:
+            return ""
+        if self.anchor is None:
+            return self._detok(ids)
+        head = self._detok([self.anchor])
+        both = self._detok([self.anchor, *ids])
+        return both[len(head) :] if both.startswith(head) else self._detok(ids)
+
+    def preview(self, ids: list[int]) -> str:
+        """Text the utterance would have with ``ids`` appended (state unchanged)."""
+        if not ids:
+            return self.text
+        return self._cap(self.committed + self._suffix(self.tail + list(ids)))
+
+    def extend(self, ids: list[int]) -> bool:
+        """Append token ids; returns True when the text changed."""
+        if not ids:
+            return False
+        self.tail.extend(ids)
+        if len(self.tail) > self._max_tail:
+            old, self.tail = self.tail[: -self._keep_tail], self.tail[-self._keep_tail :]
+            self.committed = self._cap(self.committed + self._suffix(old))
+            self.anchor = old[-1]
+        before = self.text
+        self.text = self._cap(self.committed + self._suffix(self.tail))
+        return self.text != before
+
+    def _cap(self, text: str) -> str:
+        return text if len(text) <= self._max_chars else text[-self._max_chars :]
+
+
+@dataclasses.dataclass
+class FinalRequest:
+    """A pending ``finalize``: the utterance audio up to ``n_samples`` is finished off."""
+
+    n_samples: int
+    requested_at: float
+    utterance: int
+    future: concurrent.futures.Future
+
+
+class StreamState:
+    """Mutable state of one stream (guarded by the engine lock)."""
+
+    def __init__(self, stream_id: str, text: TextState) -> None:
+        self.id = stream_id
+        self.audio = AudioBuffer()
+        self.text = text
+        self.utterance = 0
+        # Bumped by reset(): a tick planned before it must not commit into the new utterance.
+        self.generation = 0
+        self.mel_pos = 0  # mel frames consumed by the encoder (0: the first step is next)
+        self.slot: int | None = None
+        self.closed = False
+        self.finals: list[FinalRequest] = []
+        self.last_served = -1  # tick of the last step, for round-robin fairness
+        # (samples pushed so far, time) after each push: tells when a chunk's audio was complete.
+        self.arrivals: collections.deque[tuple[int, float]] = collections.deque()
+
+    def new_utterance(self) -> None:
+        """Forget the utterance: audio, features position, text; the next step is a first step."""
+        self.audio.clear()
+        self.text.clear()
+        self.arrivals.clear()
+        self.mel_pos = 0
+        self.utterance += 1
+        self.generation += 1
+
+    def arrival_time(self, n_samples: int) -> float | None:
+        """When the stream first had ``n_samples`` samples; older records are dropped."""
+        while len(self.arrivals) > 1 and self.arrivals[1][0] <= n_samples:
+            self.arrivals.popleft()
+        for total, t in self.arrivals:
+            if total >= n_samples:
+                return t
+        return None
