@@ -9,7 +9,7 @@ Sources (both install from package registries, so this works where model hubs do
   ``g722``.
 - CMU ARCTIC ``arctic_a0007.wav`` from the ``pysptk`` sdist on PyPI (BSD-style CMU licence).
 
-Output (default ``~/.cache/voice-agent/speech``, or ``$VOICE_AGENT_SPEECH_DIR``)::
+Output (default ``~/.cache/voice-agent/speech``, or ``$SPEECH_CACHE_DIR``)::
 
     asterisk/<prompt>.wav        arctic/arctic_a0007.wav        manifest.jsonl
 
@@ -42,7 +42,7 @@ import urllib.request
 import wave
 from pathlib import Path
 
-DEFAULT_DIR = Path(os.environ.get("VOICE_AGENT_SPEECH_DIR", "~/.cache/voice-agent/speech"))
+DEFAULT_DIR = Path(os.environ.get("SPEECH_CACHE_DIR", "~/.cache/voice-agent/speech"))
 ASTERISK_PACKAGES = ("asterisk-core-sounds-en-g722", "asterisk-core-sounds-en")
 ASTERISK_VOICE_DIR = "usr/share/asterisk/sounds/en_US_f_Allison"
 ASTERISK_TEXT = "usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"

@@ -1,12 +1,12 @@
 """Fixtures for end-to-end tests: real speech, a running agent (``cpu`` profile), a transcriber.
 
 The agent runs as a subprocess, once per test session, and serves every test's WebRTC sessions.
-Its log goes to ``$VOICE_AGENT_E2E_DIR`` (default: pytest's temp folder); a failing test prints
+Its log goes to ``$E2E_OUTPUT_DIR`` (default: pytest's temp folder); a failing test prints
 its tail.
 
 Set-up these tests need (``scripts/setup_test_host.sh`` does it): Debian ``chromium`` for the
 browser test, the ``cpu`` extra plus ``llama-cpp-python[server]``, and an IPv4 address other
-than 127.x, since aiortc drops loopback ICE candidates. ``VOICE_AGENT_E2E_URL`` points the tests
+than 127.x, since aiortc drops loopback ICE candidates. ``E2E_AGENT_URL`` points the tests
 at an agent that is already running instead (any profile).
 """
 
@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def e2e_dir(tmp_path_factory) -> Path:
     """Where agent logs and recordings go."""
-    configured = os.environ.get("VOICE_AGENT_E2E_DIR")
+    configured = os.environ.get("E2E_OUTPUT_DIR")
     if configured:
         path = Path(configured)
         path.mkdir(parents=True, exist_ok=True)
@@ -66,8 +66,8 @@ def question(utterances) -> Utterance:
 
 @pytest.fixture(scope="session")
 def agent(e2e_dir) -> AgentProcess | str:
-    """A running agent on the ``cpu`` profile (or ``$VOICE_AGENT_E2E_URL``)."""
-    external = os.environ.get("VOICE_AGENT_E2E_URL")
+    """A running agent on the ``cpu`` profile (or ``$E2E_AGENT_URL``)."""
+    external = os.environ.get("E2E_AGENT_URL")
     if external:
         yield external.rstrip("/")
         return

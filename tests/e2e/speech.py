@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.e2e.agent_process import REPO_ROOT
 
-SPEECH_DIR = Path(os.environ.get("VOICE_AGENT_SPEECH_DIR", "~/.cache/voice-agent/speech"))
+SPEECH_DIR = Path(os.environ.get("SPEECH_CACHE_DIR", "~/.cache/voice-agent/speech"))
 FETCH_SCRIPT = REPO_ROOT / "scripts" / "fetch_speech.py"
 
 

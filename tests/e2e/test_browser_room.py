@@ -20,7 +20,7 @@ from tests.e2e.voice_client import SAMPLE_RATE, load_audio
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
-CHROMIUM = os.environ.get("VOICE_AGENT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
 # Silence before the question: the fake device starts playing at getUserMedia, before the call
 # is up and the bot's pipeline is listening.
 LEAD_SILENCE_SECS = 4.0

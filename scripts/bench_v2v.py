@@ -1,0 +1,376 @@
+#!/usr/bin/env python3
+"""Voice-to-voice benchmark: N spoken turns over real WebRTC, timed at the client.
+
+A WebRTC client (aiortc) speaks real recorded utterances (``scripts/fetch_speech.py``) to the
+agent, one turn at a time, and times each turn from the end of the user's speech to the first
+audible frame of the bot's reply, as received. The agent's per-turn breakdown (RTVI
+``turn-latency``: VAD wait, transcription, turn detection, LLM first token, TTS first audio, ...)
+splits that time into stages; whatever the client measured beyond the agent's own total is
+``transport`` (both WebRTC legs: Opus, jitter buffers, the network).
+
+Targets a running agent (``--url``, any profile, any machine) or starts one (``--profile``, with
+``--set`` overrides). Writes ``results.json``, ``v2v.png`` and ``table.md`` into ``--out`` and
+prints the table.
+
+Examples::
+
+    python scripts/bench_v2v.py --profile cpu --turns 20
+    python scripts/bench_v2v.py --url http://gpu-box:7860 --turns 50   # agent runs elsewhere
+    python scripts/bench_v2v.py --profile nvidia --set llm.base_url=http://127.0.0.1:8000/v1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from tests.e2e.agent_process import AgentProcess, start_agent, webrtc_host_address  # noqa: E402
+from tests.e2e.speech import SPEECH_DIR, Utterance, load_utterances  # noqa: E402
+from tests.e2e.voice_client import TurnResult, VoiceClient  # noqa: E402
+
+# Stages of one turn, in timeline order: (name, label, agent breakdown keys).
+STAGES: list[tuple[str, str, tuple[str, ...]]] = [
+    ("vad_wait", "VAD wait", ("endpointing_wait",)),
+    ("stt", "final transcript", ("transcription",)),
+    ("turn", "turn detection", ("turn_detection",)),
+    ("llm", "LLM first token", ("llm_inference",)),
+    ("llm_text", "LLM first sentence", ("awaiting_speakable_text", "sentence_aggregation")),
+    ("tts", "TTS first audio", ("speech_synthesis",)),
+    ("pipeline", "pipeline (frames, output)", ()),  # every other key the agent reports
+    ("transport", "transport (WebRTC both ways)", ()),  # client total - agent total
+]
+MODEL_STAGES = ("vad_wait", "stt", "llm", "tts")
+PERCENTILES = (50, 90, 99)
+# Replies are capped when the bench starts the agent, so turns stay short; pass --set to change.
+DEFAULT_OVERRIDES = {"llm.max_tokens": "60"}
+
+
+def stage_times(turn: TurnResult) -> dict[str, float] | None:
+    """Seconds per stage for one turn; None without a reply or without the agent's breakdown."""
+    v2v = turn.voice_to_voice_secs
+    if v2v is None or not turn.server_latency:
+        return None
+    parts: dict[str, float] = dict(turn.server_latency.get("parts") or {})
+    server_total = float(turn.server_latency.get("total_secs") or 0.0)
+    times: dict[str, float] = {}
+    for name, _label, keys in STAGES:
+        times[name] = sum(parts.pop(key, 0.0) for key in keys)
+    times["pipeline"] = sum(parts.values())
+    times["transport"] = v2v - server_total
+    times["server_total"] = server_total
+    times["total"] = v2v
+    # What the issue calls pipeline overhead: all but the model stages and the VAD wait.
+    times["overhead"] = v2v - sum(times[name] for name in MODEL_STAGES)
+    return times
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=float)
+    summary = {f"p{p}": float(np.percentile(array, p)) for p in PERCENTILES}
+    summary |= {"mean": float(array.mean()), "min": float(array.min()), "max": float(array.max())}
+    return summary
+
+
+def hardware() -> dict:
+    """What ran the client (and, for a local agent, the agent)."""
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "logical_cpus": os.cpu_count(),
+        "load_avg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
+        info["cpu"] = model.group(1).strip() if model else platform.processor()
+        mem = re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text())
+        info["memory_gb"] = round(int(mem.group(1)) / 1024**2, 1) if mem else None
+    except OSError:
+        info["cpu"] = platform.processor()
+    if shutil.which("nvidia-smi"):
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        )
+        info["gpus"] = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    return info
+
+
+def agent_config(profile: str | None, overrides: dict[str, str]) -> dict | None:
+    """``voice-agent config --json`` for the agent this script starts (values, no secrets)."""
+    from tests.e2e.agent_process import agent_command
+
+    command = [*agent_command(), "config", "--json"]
+    if profile:
+        command += ["--profile", profile]
+    for key, value in overrides.items():
+        command += ["--set", f"{key}={value}"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+    if result.returncode != 0:
+        return None
+    return {key: entry["value"] for key, entry in json.loads(result.stdout).items()}
+
+
+def pick_utterances(args: argparse.Namespace) -> list[Utterance]:
+    found = load_utterances(args.speech_dir)
+    found = [u for u in found if args.min_secs <= u.duration_s <= args.max_secs]
+    if args.utterances:
+        pattern = re.compile(args.utterances)
+        found = [u for u in found if pattern.search(u.id) or pattern.search(u.text)]
+    if args.questions:
+        found = [u for u in found if u.text.rstrip().endswith("?")] or found
+    if not found:
+        raise SystemExit("no utterances match; run scripts/fetch_speech.py or widen the filters")
+    random.Random(args.seed).shuffle(found)
+    return found
+
+
+async def run_turns(url: str, utterances: list[Utterance], args: argparse.Namespace) -> list[dict]:
+    """Speak ``args.warmup + args.turns`` utterances, reconnecting every few turns."""
+    records: list[dict] = []
+    total = args.warmup + args.turns
+    client: VoiceClient | None = None
+    turns_in_session = 0
+    try:
+        for index in range(total):
+            if client is None or turns_in_session >= args.turns_per_session:
+                if client is not None:
+                    await client.close()
+                client = VoiceClient(url)
+                started = time.monotonic()
+                await client.connect()
+                connect_secs = time.monotonic() - started
+                turns_in_session = 0
+                await asyncio.sleep(args.pause)
+            utterance = utterances[index % len(utterances)]
+            turn = await client.say(
+                utterance.path,
+                response_timeout=args.response_timeout,
+                max_reply_secs=args.max_reply_secs,
+            )
+            turns_in_session += 1
+            times = stage_times(turn)
+            record = {
+                "index": index,
+                "warmup": index < args.warmup,
+                "utterance": utterance.id,
+                "text": utterance.text,
+                "speech_secs": utterance.duration_s,
+                "voice_to_voice_secs": turn.voice_to_voice_secs,
+                "stages": times,
+                "server_latency": turn.server_latency,
+                "user_transcript": turn.user_transcript,
+                "bot_text": turn.bot_text,
+                "bot_audio_secs": round(turn.bot_audio_secs, 2),
+                "connect_secs": round(connect_secs, 3) if turns_in_session == 1 else None,
+            }
+            records.append(record)
+            v2v = (
+                "no reply"
+                if turn.voice_to_voice_secs is None
+                else f"{turn.voice_to_voice_secs * 1000:.0f} ms"
+            )
+            tag = "warm-up " if record["warmup"] else ""
+            print(
+                f"[{index + 1}/{total}] {tag}{v2v:>9}  heard {turn.user_transcript!r} -> "
+                f"{turn.bot_text[:60]!r}",
+                flush=True,
+            )
+            await asyncio.sleep(args.pause)
+    finally:
+        if client is not None:
+            await client.close()
+    return records
+
+
+def build_summary(records: list[dict]) -> dict:
+    measured = [r for r in records if not r["warmup"]]
+    timed = [r for r in measured if r["stages"]]
+    summary: dict = {
+        "turns": len(measured),
+        "answered": sum(r["voice_to_voice_secs"] is not None for r in measured),
+        "with_breakdown": len(timed),
+    }
+    if not timed:
+        return summary
+    keys = [name for name, _, _ in STAGES] + ["server_total", "overhead", "total"]
+    summary["stages"] = {key: summarize([r["stages"][key] for r in timed]) for key in keys}
+    return summary
+
+
+def format_table(summary: dict, meta: dict) -> str:
+    lines = [
+        f"Voice-to-voice over WebRTC, measured at the client: {summary['turns']} turns, "
+        f"{summary['answered']} answered, {summary.get('with_breakdown', 0)} with the agent's "
+        "breakdown.",
+        f"Agent: {meta['target']} (profile {meta.get('profile') or 'as configured there'}); "
+        f"client host: {meta['hardware'].get('cpu')}, {meta['hardware'].get('logical_cpus')} CPUs.",
+        "",
+    ]
+    if "stages" not in summary:
+        return "\n".join(lines + ["no turn had a reply with a latency breakdown"])
+    header = "| stage | " + " | ".join(f"p{p} ms" for p in PERCENTILES) + " | mean ms |"
+    lines += [header, "|" + "---|" * (len(PERCENTILES) + 2)]
+    labels = {name: label for name, label, _ in STAGES}
+    labels |= {
+        "server_total": "agent total (its own clock)",
+        "overhead": "**overhead** (total - VAD wait - STT - LLM - TTS)",
+        "total": "**voice-to-voice (client)**",
+    }
+    for key, stats in summary["stages"].items():
+        cells = " | ".join(f"{stats[f'p{p}'] * 1000:.0f}" for p in PERCENTILES)
+        lines.append(f"| {labels.get(key, key)} | {cells} | {stats['mean'] * 1000:.0f} |")
+    lines += [
+        "",
+        "Stage percentiles are taken per stage, so they do not add up to the total's.",
+    ]
+    return "\n".join(lines)
+
+
+def plot(records: list[dict], summary: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed = [r for r in records if not r["warmup"] and r["stages"]]
+    if not timed:
+        return
+    fig, (bars, cdf) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [2, 1]})
+    x = np.arange(len(timed))
+    bottom = np.zeros(len(timed))
+    colors = plt.get_cmap("tab10").colors
+    for i, (name, label, _) in enumerate(STAGES):
+        values = np.array([max(0.0, r["stages"][name]) * 1000 for r in timed])
+        bars.bar(x, values, bottom=bottom, label=label, color=colors[i % len(colors)])
+        bottom += values
+    totals = np.array([r["stages"]["total"] * 1000 for r in timed])
+    bars.plot(x, totals, "k.", label="client voice-to-voice")
+    bars.set_xlabel("turn")
+    bars.set_ylabel("ms")
+    bars.set_title("Per-turn breakdown")
+    bars.legend(fontsize=8, loc="upper left")
+    ordered = np.sort(totals)
+    cdf.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered), drawstyle="steps-post")
+    for p in PERCENTILES:
+        value = summary["stages"]["total"][f"p{p}"] * 1000
+        cdf.axvline(value, linestyle="--", color="gray")
+        cdf.text(value, 0.02 + 0.1 * PERCENTILES.index(p), f" p{p} {value:.0f}", fontsize=8)
+    cdf.set_xlabel("voice-to-voice ms (client)")
+    cdf.set_ylabel("fraction of turns")
+    cdf.set_title("Distribution")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--url", help="a running agent, e.g. http://127.0.0.1:7860")
+    target.add_argument(
+        "--profile", default=None, help="start an agent with this profile (default: cpu)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for the started agent (default llm.max_tokens=60)",
+    )
+    parser.add_argument("--turns", type=int, default=20, help="measured turns (default 20)")
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured first turns (1)")
+    parser.add_argument(
+        "--turns-per-session", type=int, default=5, help="reconnect after this many turns (5)"
+    )
+    parser.add_argument("--speech-dir", default=str(SPEECH_DIR), help="fetch_speech.py output")
+    parser.add_argument("--utterances", help="regex on utterance id or text")
+    parser.add_argument("--questions", action="store_true", help="only utterances ending in '?'")
+    parser.add_argument("--min-secs", type=float, default=1.0, help="shortest utterance (1.0)")
+    parser.add_argument("--max-secs", type=float, default=6.0, help="longest utterance (6.0)")
+    parser.add_argument("--seed", type=int, default=0, help="utterance order")
+    parser.add_argument("--pause", type=float, default=1.0, help="silence between turns, s")
+    parser.add_argument("--response-timeout", type=float, default=30.0)
+    parser.add_argument("--max-reply-secs", type=float, default=40.0)
+    parser.add_argument("--out", help="output folder (default bench_results/v2v-<target>-<time>)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = dict(DEFAULT_OVERRIDES)
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key.strip()] = value
+    utterances = pick_utterances(args)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    label = "remote" if args.url else (args.profile or "cpu")
+    out = Path(args.out or REPO_ROOT / "bench_results" / f"v2v-{label}-{stamp}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    meta: dict = {"started": datetime.now().isoformat(timespec="seconds"), "hardware": hardware()}
+    agent: AgentProcess | None = None
+    if args.url:
+        url = args.url.rstrip("/")
+        meta |= {"target": url, "profile": None, "overrides": None}
+    else:
+        if webrtc_host_address() is None:
+            raise SystemExit(
+                "no IPv4 address other than 127.x (aiortc drops loopback candidates): "
+                "ip addr add 10.203.0.1/32 dev lo"
+            )
+        profile = args.profile or "cpu"
+        print(f"starting the agent (profile {profile}); log: {out / 'agent.log'}", flush=True)
+        agent = start_agent(profile=profile, overrides=overrides, log_path=out / "agent.log")
+        url = agent.url
+        meta |= {
+            "target": f"local agent at {url}",
+            "profile": profile,
+            "overrides": overrides,
+            "agent_config": agent_config(profile, overrides),
+        }
+    meta["command"] = " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
+    try:
+        records = asyncio.run(run_turns(url, utterances, args))
+    finally:
+        if agent is not None:
+            agent.stop()
+
+    summary = build_summary(records)
+    table = format_table(summary, meta)
+    (out / "results.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "turns": records}, indent=2)
+    )
+    (out / "table.md").write_text(table + "\n")
+    plot(records, summary, out / "v2v.png", f"Voice-to-voice, {meta['target']}")
+    print()
+    print(table)
+    print(f"\nwrote {out / 'results.json'}, {out / 'table.md'}, {out / 'v2v.png'}")
+    return 0 if summary.get("with_breakdown") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
