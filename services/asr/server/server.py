@@ -338,7 +338,8 @@ class _Connection:
         self.error_bucket = _TokenBucket(10.0, 20.0)  # error events sent, not errors counted
         self.started = False
         self.inflight_finals = 0
-        self.tasks: list[asyncio.Task] = []
+        self.tasks: set[asyncio.Task] = set()
+        self.closing = False
         self.stream_closed = False
 
     # -- helpers --
@@ -371,9 +372,7 @@ class _Connection:
                     P.E_TOO_MANY_ERRORS, f"more than {self.cfg.max_errors} errors", fatal=True
                 )
             )
-            self.tasks.append(
-                asyncio.create_task(self._close_after_flush(P.CLOSE_POLICY, "too many errors"))
-            )
+            self._close_soon(P.CLOSE_POLICY, "too many errors")
             return
         if self.error_bucket.take(1):
             self.send(P.error_event(code, message))
@@ -395,12 +394,20 @@ class _Connection:
 
     # -- tasks --
 
+    def _spawn(self, coro) -> None:
+        """Run ``coro`` as a task of this connection (cancelled when it ends)."""
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _close_soon(self, code: int, reason: str) -> None:
+        if not self.closing:
+            self.closing = True
+            self._spawn(self._close_after_flush(code, reason))
+
     async def run(self) -> None:
-        self.tasks = [
-            asyncio.create_task(self._sender()),
-            asyncio.create_task(self._forward_partials()),
-            asyncio.create_task(self._watchdog()),
-        ]
+        for coro in (self._sender(), self._forward_partials(), self._watchdog()):
+            self._spawn(coro)
         self.send(
             {
                 "type": "ready",
@@ -416,6 +423,8 @@ class _Connection:
         try:
             async for message in self.ws:
                 self.last_activity = time.monotonic()
+                if self.closing:
+                    continue  # closing after a fatal error: nothing more is processed
                 if isinstance(message, bytes):
                     self._on_audio(message)
                 else:
@@ -424,9 +433,10 @@ class _Connection:
             pass
         finally:
             self.close_stream()
-            for task in self.tasks:
+            tasks = list(self.tasks)
+            for task in tasks:
                 task.cancel()
-            for task in self.tasks:
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
@@ -462,9 +472,7 @@ class _Connection:
             if exc.code == P.E_UNSUPPORTED_FORMAT:
                 self.server.counters.errors[exc.code] += 1
                 self.send(P.error_event(exc.code, exc.message, fatal=True))
-                self.tasks.append(
-                    asyncio.create_task(self._close_after_flush(P.CLOSE_UNSUPPORTED, exc.code))
-                )
+                self._close_soon(P.CLOSE_UNSUPPORTED, exc.code)
             else:
                 self.error(exc.code, exc.message)
             return
@@ -478,7 +486,7 @@ class _Connection:
                 self.error(P.E_RATE_LIMITED, "too many finalize requests pending")
                 return
             self.inflight_finals += 1
-            self.tasks.append(asyncio.create_task(self._finalize(message.get("id"))))
+            self._spawn(self._finalize(message.get("id")))
         elif kind == "reset":
             self._reset()
         elif kind == "ping":
@@ -562,6 +570,7 @@ class _Connection:
 
     async def _close_after_flush(self, code: int, reason: str) -> None:
         """Let the sender write what is queued (bounded), then close with ``code``."""
+        self.closing = True
         deadline = time.monotonic() + 1.0
         while not self.outbox.empty() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)

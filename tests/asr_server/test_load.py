@@ -1,0 +1,95 @@
+"""Soak and load: many real-time streams, no lag drift, flat memory; the CLI end to end.
+
+The short soak (16 streams, 20 s) runs in CI; the full one (64 streams, 10 minutes, server in
+its own process) is marked slow: ``pytest -m slow tests/asr_server/test_load.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.asr_server.tiny import speechlike_pcm
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def loadtest_module():
+    spec = importlib.util.spec_from_file_location("loadtest_asr", ROOT / "scripts/loadtest_asr.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def clips():
+    """Three clips of speech-like audio (the tiny random model needs no words)."""
+    return [np.frombuffer(speechlike_pcm(s, seed=i), "<i2") for i, s in enumerate((2.5, 3.0, 2))]
+
+
+def assert_healthy(report: dict, *, max_rss_growth: float = 0.10) -> None:
+    assert report["errors"]["count"] == 0, report["errors"]
+    assert report["clients"]["completed"] == report["config"]["streams"]
+    assert report["ok"], report["why_not_ok"]
+    assert report["lag_s"]["drift"] < report["config"]["max_drift_s"]
+    assert report["finals"] > 0 and report["time_to_final_s"]["p50"] is not None
+    growth = report["server_rss_mb"]["growth"]
+    assert growth is not None and growth < max_rss_growth, report["server_rss_mb"]
+
+
+@pytest.mark.timeout(120)
+async def test_short_soak_16_streams_no_drift_and_flat_memory(start_server, tiny_engine):
+    lt = loadtest_module()
+    srv = await start_server(idle_timeout=0)
+    cfg = lt.TrialConfig(streams=16, duration=20, warmup_s=3)
+    report = await lt.run_trial(srv.url, cfg, clips())
+    assert_healthy(report)
+    # Every stream's slot came back.
+    assert srv.live_streams == 0
+    assert tiny_engine.stats()["live_streams"] == 0
+
+
+@pytest.mark.timeout(240)
+def test_loadtest_script_starts_the_cli_server_and_writes_its_reports(tmp_path):
+    wav = tmp_path / "speech.wav"
+    import wave
+
+    with wave.open(str(wav), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(speechlike_pcm(3.0))
+    result = subprocess.run(
+        [sys.executable, "scripts/loadtest_asr.py", "--tiny", "-n", "2", "-t", "5"]
+        + ["--warmup", "1", "--wav", str(wav), "--out", str(tmp_path / "out")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=230,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    assert report["ok"] and report["finals"] > 0 and report["hardware"]["cpus"]
+    assert (tmp_path / "out/lag.png").stat().st_size > 10_000
+    assert "lag p50" in result.stdout
+    log = (tmp_path / "out/server.log").read_text()
+    assert "ASR server ready" in log and "Shutting down the ASR server" in log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+async def test_soak_64_streams_10_minutes(tmp_path):
+    """Full soak: a tiny-model server process, 64 real-time streams for 10 minutes."""
+    lt = loadtest_module()
+    with lt.ServerProcess(str(lt.tiny_model_path()), log_path=tmp_path / "server.log") as server:
+        cfg = lt.TrialConfig(streams=64, duration=600, warmup_s=10)
+        report = await lt.run_trial(server.url, cfg, clips())
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    print(lt.table([report]))
+    assert_healthy(report)
