@@ -1,9 +1,10 @@
 """ASREngine: one batched cache-aware streaming ASR per (model, device), shared by all sessions.
 
-Callers (any thread, or asyncio) open streams and push audio; nothing they call waits for model
-work. A scheduler thread runs ticks: plan (under the lock) -> execute on the model (no lock) ->
-commit results (under the lock) -> deliver events (no lock). A tick runs one encoder call per step
-shape (first steps, later steps, finals) and one greedy decode for all of them.
+Callers (any thread, or asyncio) open streams and push audio; what they call only appends to the
+stream's inbox under a per-stream lock held for a few list operations, so it never waits for
+model work or for the scheduler. A scheduler thread runs ticks: plan (apply inboxes, pick work)
+-> execute on the model -> commit results -> deliver events. A tick runs one encoder call per
+step shape (first steps, later steps, finals) and one greedy decode for all of them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import gc
 import itertools
 import logging
 import threading
@@ -26,9 +28,9 @@ import torch.nn.functional as F
 from .config import EngineConfig
 from .loader import configure_for_streaming, load_asr_model
 from .runner import FIRST, LATER, ModelRunner
-from .scheduler import FinalWork, Scheduler, TickPlan
+from .scheduler import Scheduler, TickPlan
 from .slots import SlotPool
-from .state import FinalRequest, StreamState, TextState
+from .state import RESET, FinalRequest, StreamState, TextState
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +118,7 @@ class ASRStream:
 
     @property
     def utterance(self) -> int:
+        """Index of the current utterance (0 at open, +1 per ``reset``)."""
         return self._state.utterance
 
     def push_audio(self, pcm: bytes | np.ndarray) -> None:
@@ -162,7 +165,8 @@ class ASRStream:
         """Accept the utterance: the next one starts fresh (empty text, clock at 0).
 
         Audio pushed before the call is dropped; a final requested before it is still
-        computed (on the old utterance) and returned.
+        computed (on the old utterance) and returned; partials of the old utterance that were
+        still in flight are dropped.
         """
         self._engine._reset(self)
 
@@ -223,6 +227,9 @@ class ASREngine:
             )
             if self.config.warmup:
                 self._runner.warmup(self.config.max_batch)
+        if self.config.freeze_gc:
+            gc.collect()
+            gc.freeze()
         self._scheduler = Scheduler(
             self._runner.features,
             self._runner.chunk_first,
@@ -230,10 +237,11 @@ class ASREngine:
             self.config.max_batch,
         )
         self._detok = model.decoding.decode_tokens_to_str_with_strip_punctuation
+        self._first_need = self._runner.features.samples_needed(self._runner.chunk_first)
+        # Guards the stream registry and the counters only; never held during model work.
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._streams: dict[str, ASRStream] = {}
-        self._preplanned: list[FinalWork] = []
         self._ids = itertools.count()
         self._tick = 0
         self._encoder_calls = 0
@@ -283,8 +291,9 @@ class ASREngine:
                     f"{len(self._streams)} streams open: max_streams={self.config.max_streams}"
                 )
             stream_id = f"{next(self._ids)}-{uuid.uuid4().hex[:8]}"
-            text = TextState(self._detok, self.config.max_utterance_chars)
-            handle = ASRStream(self, StreamState(stream_id, text), on_event)
+            state = StreamState(stream_id, TextState(self._detok, self.config.max_utterance_chars))
+            state.next_needed = self._first_need
+            handle = ASRStream(self, state, on_event)
             self._streams[stream_id] = handle
             return handle
 
@@ -299,11 +308,15 @@ class ASREngine:
         """Counters for monitoring: streams, slots, batch sizes, step latency percentiles."""
         with self._lock:
             live = len(self._streams)
-            pending = sum(len(h._state.finals) for h in self._streams.values())
+            states = [h._state for h in self._streams.values()]
             ticks = list(self._tick_ms)
             batches = list(self._batch_sizes)
             steps = self._tick
             calls = self._encoder_calls
+        pending = 0
+        for state in states:
+            with state.lock:
+                pending += sum(isinstance(item, FinalRequest) for item in state.inbox)
         ordered = sorted(ticks)
 
         def pct(q: float) -> float | None:
@@ -344,56 +357,60 @@ class ASREngine:
     # ---------------- called by ASRStream ----------------
 
     def _push(self, handle: ASRStream, samples: np.ndarray) -> None:
-        with self._lock:
-            state = handle._state
+        state = handle._state
+        now = time.perf_counter()
+        with state.lock:
             if state.closed:
                 raise StreamClosedError(f"stream {state.id} is closed")
             if not samples.size:
                 return
-            state.audio.append(samples)
-            state.arrivals.append((state.audio.total, time.perf_counter()))
-            if state.audio.total >= self._scheduler.samples_for_next_step(state):
-                self._wake.set()
+            state.inbox.append((samples, now))
+            state.pushed += samples.size
+            wake = state.pushed >= state.next_needed
+        if wake:
+            self._wake.set()
 
     def _request_final(self, handle: ASRStream) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
-        with self._lock:
-            state = handle._state
+        state = handle._state
+        with state.lock:
             if state.closed:
                 future.set_exception(StreamClosedError(f"stream {state.id} is closed"))
                 return future
-            state.finals.append(
-                FinalRequest(state.audio.total, time.perf_counter(), state.utterance, future)
-            )
-            self._wake.set()
+            state.inbox.append(FinalRequest(time.perf_counter(), future))
+        self._wake.set()
         return future
 
     def _reset(self, handle: ASRStream) -> None:
-        with self._lock:
-            state = handle._state
+        state = handle._state
+        with state.lock:
             if state.closed:
                 raise StreamClosedError(f"stream {state.id} is closed")
-            # Finals asked for before the reset are planned now, on the old utterance; they run
-            # before the new utterance's first step can touch the slot.
-            for request in state.finals:
-                self._preplanned.append(self._scheduler._plan_final(state, request))
-            state.finals.clear()
-            state.new_utterance()
-            if self._preplanned:
-                self._wake.set()
+            # A final queued before this is planned on the old utterance when the scheduler
+            # applies the inbox, before this marker: it still gets its result.
+            state.inbox.append(RESET)
+            state.pushed = 0
+            state.utterance += 1
+            state.generation += 1
+            state.next_needed = self._first_need
+        self._wake.set()
 
     def _close(self, handle: ASRStream) -> None:
-        with self._lock:
-            state = handle._state
+        state = handle._state
+        with state.lock:
             if state.closed:
                 return
             state.closed = True
-            self._streams.pop(state.id, None)
-            if state.slot is not None:
-                self._pool.release(state.slot)
-                state.slot = None
-            pending, state.finals = state.finals, []
+            slot, state.slot = state.slot, None
+            pending = [item for item in state.inbox if isinstance(item, FinalRequest)]
+            state.inbox = []
             subscribers, handle._subscribers = handle._subscribers, []
+        if slot is not None:
+            # A tick in flight may still write this row; the next owner's first step never
+            # reads it, so the slot can be reused at once.
+            self._pool.release(slot)
+        with self._lock:
+            self._streams.pop(state.id, None)
         for request in pending:
             _fail(request.future, StreamClosedError(f"stream {state.id} closed before its final"))
         for loop, queue in subscribers:
@@ -403,14 +420,14 @@ class ASREngine:
                 pass
 
     def _subscribe(self, handle: ASRStream, loop, queue) -> bool:
-        with self._lock:
+        with handle._state.lock:
             if handle._state.closed:
                 return False
             handle._subscribers.append((loop, queue))
             return True
 
     def _unsubscribe(self, handle: ASRStream, loop, queue) -> None:
-        with self._lock:
+        with handle._state.lock:
             if (loop, queue) in handle._subscribers:
                 handle._subscribers.remove((loop, queue))
 
@@ -424,27 +441,24 @@ class ASREngine:
                     self._wake.wait(0.05)
                 if self._stopping:
                     break
+                self._wake.clear()
                 with self._lock:
-                    self._wake.clear()
-                    plan = self._scheduler.plan(
-                        [h._state for h in self._streams.values()],
-                        self._tick,
-                        self._pool.acquire,
-                    )
-                    if self._preplanned:
-                        plan.finals[:0] = self._preplanned
-                        self._preplanned = []
-                if plan.empty:
-                    busy = False
-                    continue
-                busy = True
-                started = time.perf_counter()
+                    states = [h._state for h in self._streams.values()]
+                plan = None
                 try:
+                    plan = self._scheduler.plan(states, self._tick, self._pool.acquire)
+                    if plan.empty:
+                        busy = False
+                        continue
+                    busy = True
+                    started = time.perf_counter()
                     live_tokens, final_tokens = self._execute(plan)
                 except Exception as exc:
+                    # Keep serving the other streams; fail what was asked for in this tick.
                     logger.exception("ASR engine tick failed")
-                    for work in plan.finals:
+                    for work in plan.finals if plan is not None else []:
                         _fail(work.request.future, exc)
+                    busy = False
                     time.sleep(0.05)  # do not spin if every tick fails
                     continue
                 deliveries = self._commit(plan, live_tokens, final_tokens)
@@ -564,47 +578,56 @@ class ASREngine:
         return tokens[:n_live], final_tokens
 
     def _commit(self, plan: TickPlan, live_tokens, final_tokens):
+        """Apply a tick's results to the streams; return what to deliver (scheduler thread)."""
         now = time.perf_counter()
         features = self._runner.features
         finals = []
         events = []
-        with self._lock:
-            for work, ids in zip(plan.finals, final_tokens, strict=True):
-                request = work.request
-                event = TranscriptEvent(
-                    stream_id=work.stream.id,
-                    text=work.text.preview(ids),
-                    is_final=True,
-                    audio_start_s=0.0,
-                    audio_end_s=request.n_samples / SAMPLE_RATE,
-                    latency_s=now - request.requested_at,
-                    utterance=request.utterance,
-                )
-                finals.append((request.future, event))
-            for step, ids in zip(plan.first + plan.later, live_tokens, strict=True):
-                state = step.stream
-                if state.closed or state.generation != step.generation:
-                    continue  # closed or reset meanwhile: the result belongs to nobody
-                state.mel_pos = step.start + step.n_frames
-                state.last_served = plan.tick
-                state.audio.trim(features.window(state.mel_pos, state.mel_pos)[0])
-                if state.text.extend(ids):
-                    handle = self._streams.get(state.id)
-                    if handle is None:
-                        continue
-                    arrived = state.arrival_time(step.audio_needed)
-                    event = TranscriptEvent(
-                        stream_id=state.id,
-                        text=state.text.text,
-                        is_final=False,
-                        audio_start_s=0.0,
-                        audio_end_s=state.mel_pos * features.hop / SAMPLE_RATE,
-                        latency_s=None if arrived is None else now - arrived,
-                        utterance=state.utterance,
-                    )
-                    events.append((handle, event, list(handle._subscribers)))
-                else:
-                    state.arrival_time(step.audio_needed)  # drop arrival records no longer needed
+        for work, ids in zip(plan.finals, final_tokens, strict=True):
+            request = work.request
+            if work.stream.closed:
+                _fail(request.future, StreamClosedError(f"stream {work.stream.id} is closed"))
+                continue
+            event = TranscriptEvent(
+                stream_id=work.stream.id,
+                text=work.text.preview(ids),
+                is_final=True,
+                audio_start_s=0.0,
+                audio_end_s=request.n_samples / SAMPLE_RATE,
+                latency_s=now - request.requested_at,
+                utterance=request.utterance,
+            )
+            finals.append((request.future, event))
+        for step, ids in zip(plan.first + plan.later, live_tokens, strict=True):
+            state = step.stream
+            if state.closed or state.generation != step.generation:
+                continue  # closed or reset meanwhile: the result belongs to nobody
+            new_pos = step.start + step.n_frames
+            state.audio.trim(features.window(new_pos, new_pos)[0])
+            state.mel_pos = new_pos
+            state.next_needed = self._scheduler.samples_for_next_step(state)
+            state.last_served = plan.tick
+            arrived = state.arrival_time(step.audio_needed)
+            if not state.text.extend(ids):
+                continue
+            with self._lock:
+                handle = self._streams.get(state.id)
+            if handle is None:
+                continue
+            with state.lock:
+                if state.generation != step.generation:
+                    continue
+                subscribers = list(handle._subscribers)
+            event = TranscriptEvent(
+                stream_id=state.id,
+                text=state.text.text,
+                is_final=False,
+                audio_start_s=0.0,
+                audio_end_s=new_pos * features.hop / SAMPLE_RATE,
+                latency_s=None if arrived is None else now - arrived,
+                utterance=state.sched_utterance,
+            )
+            events.append((handle, event, subscribers))
         return finals, events
 
 

@@ -243,12 +243,13 @@ class ModelRunner:
         Returns:
             New token ids per row, and the new decoder state.
         """
-        with self._autocast():
-            hyps, new = self.computer(
-                x=encoded.transpose(1, 2),
-                out_len=lengths,
-                prev_batched_state=self._to_nemo_state(state),
-            )
+        # The decoder and joint are small: they run in fp32 even in bf16 mode (the bf16 LSTM has
+        # no oneDNN kernel on CPU, and fp32 keeps greedy argmax ties out of the picture).
+        hyps, new = self.computer(
+            x=encoded.float().transpose(1, 2),
+            out_len=lengths,
+            prev_batched_state=self._to_nemo_state(state),
+        )
         counts = hyps.current_lengths.tolist()
         width = max(counts, default=0)
         rows = hyps.transcript[:, :width].tolist() if width else [[] for _ in counts]

@@ -19,7 +19,7 @@ import numpy as np
 
 from .features import IncrementalMel
 from .runner import FIRST, LATER
-from .state import FinalRequest, StreamState, TextState
+from .state import RESET, FinalRequest, StreamState, TextState
 
 
 @dataclasses.dataclass
@@ -103,34 +103,51 @@ class Scheduler:
         tick: int,
         acquire_slot: Callable[[], int],
     ) -> TickPlan:
-        """Build the work of one tick (call with the engine lock held)."""
-        ready: list[StreamState] = []
+        """Apply what callers queued, then build the work of one tick (scheduler thread).
+
+        Queued pushes, finalize requests and resets are applied in call order, so a final
+        covers exactly the audio pushed before its ``finalize`` call and is planned from the
+        stream's state at that point (its copy is taken before this tick's live steps).
+        """
+        ready: list[tuple[StreamState, int]] = []
         finals: list[FinalWork] = []
         for stream in streams:
-            if stream.closed:
-                continue
-            for request in stream.finals:
-                finals.append(self._plan_final(stream, request))
-            stream.finals.clear()
-            if stream.audio.total >= self.samples_for_next_step(stream):
-                ready.append(stream)
+            items, generation = stream.take_inbox()
+            for item in items:
+                if item is RESET:
+                    stream.new_utterance()
+                elif isinstance(item, FinalRequest):
+                    item.n_samples = stream.audio.total
+                    item.utterance = stream.sched_utterance
+                    finals.append(self._plan_final(stream, item))
+                else:
+                    samples, pushed_at = item
+                    stream.audio.append(samples)
+                    stream.arrivals.append((stream.audio.total, pushed_at))
+            stream.next_needed = self.samples_for_next_step(stream)
+            if not stream.closed and stream.audio.total >= stream.next_needed:
+                ready.append((stream, generation))
         # Round robin under overload: streams served longest ago go first.
-        ready.sort(key=lambda s: s.last_served)
+        ready.sort(key=lambda item: item[0].last_served)
         first: list[LiveStep] = []
         later: list[LiveStep] = []
-        for stream in ready[: self.max_batch]:
+        for stream, generation in ready[: self.max_batch]:
+            with stream.lock:
+                if stream.closed:
+                    continue
+                if stream.slot is None:
+                    stream.slot = acquire_slot()
+                slot = stream.slot
             kind, n = self.step_frames(stream)
-            if stream.slot is None:
-                stream.slot = acquire_slot()
             lo, hi = self.features.window(stream.mel_pos, stream.mel_pos + n)
             step = LiveStep(
                 stream=stream,
-                generation=stream.generation,
+                generation=generation,
                 kind=kind,
                 start=stream.mel_pos,
                 n_frames=n,
                 window=stream.audio.read(lo, hi),
-                slot=stream.slot,
+                slot=slot,
                 audio_needed=hi,
             )
             (first if kind == FIRST else later).append(step)
@@ -157,6 +174,6 @@ class Scheduler:
             end=end,
             substeps=substeps,
             window=stream.audio.read(lo, hi, limit=request.n_samples),
-            slot=stream.slot if start > 0 else None,
+            slot=stream.slot if start > 0 else None,  # mel_pos > 0 implies a slot
             text=stream.text.snapshot(),
         )

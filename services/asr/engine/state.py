@@ -1,8 +1,7 @@
-"""Per-stream bookkeeping: audio, feature position, slot, text, pending finals.
+"""Per-stream bookkeeping: audio, feature position, slot, text, queued requests.
 
-Everything here is plain Python/numpy, guarded by the engine lock; the scheduler thread reads it
-to plan a tick and writes it back when the tick commits. No model tensors live here (those are in
-the slot pool), so copying a stream's state for a final is cheap.
+Plain Python/numpy only: model tensors live in the slot pool, so a final's copy of a stream's
+state here is cheap (a text snapshot and a slice of audio).
 """
 
 from __future__ import annotations
@@ -10,6 +9,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -143,31 +143,52 @@ class TextState:
 
 @dataclasses.dataclass
 class FinalRequest:
-    """A pending ``finalize``: the utterance audio up to ``n_samples`` is finished off."""
+    """A ``finalize`` call: the utterance audio up to ``n_samples`` is finished off."""
 
-    n_samples: int
     requested_at: float
-    utterance: int
     future: concurrent.futures.Future
+    n_samples: int = 0  # set when the scheduler takes the request (audio pushed before it)
+    utterance: int = 0
+
+
+RESET = "reset"
 
 
 class StreamState:
-    """Mutable state of one stream (guarded by the engine lock)."""
+    """State of one stream, split by owner.
+
+    Callers (any thread) touch only the inbox side, under ``lock``, which is held for a few
+    list operations at most: pushes, finalize requests and resets are queued in order and
+    applied by the scheduler thread when it plans the next tick. Everything else (audio buffer,
+    feature position, text) belongs to the scheduler thread alone, so callers never wait for
+    model work or for a tick to be planned.
+    """
 
     def __init__(self, stream_id: str, text: TextState) -> None:
         self.id = stream_id
+        self.lock = threading.Lock()
+        # ---- caller side (guarded by lock) ----
+        self.inbox: list = []  # (samples, time) | FinalRequest | RESET, in call order
+        self.pushed = 0  # samples pushed in the current utterance
+        self.utterance = 0  # utterance index as callers see it
+        self.generation = 0  # bumped by reset(): results planned before it are dropped
+        self.closed = False
+        self.slot: int | None = None  # set by the scheduler, cleared by close (both under lock)
+        self.next_needed = 0  # samples the next step needs (written by the scheduler)
+        # ---- scheduler side ----
         self.audio = AudioBuffer()
         self.text = text
-        self.utterance = 0
-        # Bumped by reset(): a tick planned before it must not commit into the new utterance.
-        self.generation = 0
+        self.sched_utterance = 0
         self.mel_pos = 0  # mel frames consumed by the encoder (0: the first step is next)
-        self.slot: int | None = None
-        self.closed = False
-        self.finals: list[FinalRequest] = []
         self.last_served = -1  # tick of the last step, for round-robin fairness
-        # (samples pushed so far, time) after each push: tells when a chunk's audio was complete.
+        # (samples so far, time) after each push: tells when a chunk's audio was complete.
         self.arrivals: collections.deque[tuple[int, float]] = collections.deque()
+
+    def take_inbox(self) -> tuple[list, int]:
+        """Everything queued by callers since the last call, and the generation it ends at."""
+        with self.lock:
+            items, self.inbox = self.inbox, []
+            return items, self.generation
 
     def new_utterance(self) -> None:
         """Forget the utterance: audio, features position, text; the next step is a first step."""
@@ -175,8 +196,7 @@ class StreamState:
         self.text.clear()
         self.arrivals.clear()
         self.mel_pos = 0
-        self.utterance += 1
-        self.generation += 1
+        self.sched_utterance += 1
 
     def arrival_time(self, n_samples: int) -> float | None:
         """When the stream first had ``n_samples`` samples; older records are dropped."""

@@ -1,0 +1,322 @@
+"""Many streams at once: batching, joins/leaves, slot reuse, fairness, loop lag, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import time
+import tracemalloc
+import weakref
+
+import numpy as np
+import pytest
+
+from services.asr.engine import EngineFullError, StreamClosedError
+
+from .conftest import babble, live_steps_for, wait_until
+from .test_exactness import ATOL, Tap, expected_out_frames
+
+
+def record_batch_sizes(engine) -> list[tuple[str, int]]:
+    """Wrap the runner so every encoder call's (kind, batch size) is recorded."""
+    calls: list[tuple[str, int]] = []
+    original = engine._runner.encode
+
+    def encode(kind, new_mel, caches, keep_all=False):
+        calls.append((kind, new_mel.shape[0]))
+        return original(kind, new_mel, caches, keep_all)
+
+    engine._runner.encode = encode
+    return calls
+
+
+def padded(engine, audio: np.ndarray) -> np.ndarray:
+    out = np.zeros(engine.padded_length(len(audio)), np.float32)
+    out[: len(audio)] = audio
+    return out
+
+
+def test_batched_equals_single_with_staggered_joins_leaves_and_slot_reuse(make_engine, offline):
+    engine = make_engine(chunk_ms=160)
+    tap = Tap()
+    engine._encoder_tap = tap
+    calls = record_batch_sizes(engine)
+    frame = 320  # 20 ms
+    # name -> (audio, frame index at which it joins, frame index at which it leaves or None)
+    plan = {
+        "a": (babble(2.4, 1), 0, None),
+        "b": (babble(2.4, 2), 0, 40),  # leaves early: its slot is freed
+        "c": (babble(1.6, 3), 10, None),
+        "d": (babble(2.0, 4), 45, None),  # joins after b left: reuses b's slot
+        "e": (babble(1.2, 5), 50, 80),
+    }
+    streams, pushed, slots_seen = {}, {}, {}
+    freed_slots = set()
+    for i in range(200):
+        for name, (audio, join, leave) in plan.items():
+            if i == join:
+                streams[name] = engine.open_stream()
+                pushed[name] = 0
+            if name not in streams or streams[name].closed:
+                continue
+            if leave is not None and i == leave:
+                slots_seen[name] = streams[name]._state.slot
+                freed_slots.add(slots_seen[name])
+                streams[name].close()
+                continue
+            start = (i - join) * frame
+            if start < len(audio):
+                streams[name].push_audio(audio[start : start + frame])
+                pushed[name] = min(start + frame, len(audio))
+            if streams[name]._state.slot is not None:
+                slots_seen.setdefault(name, streams[name]._state.slot)
+        time.sleep(0.002)  # let ticks interleave with pushes
+
+    survivors = [n for n, (_, _, leave) in plan.items() if leave is None]
+    for name in survivors:
+        audio = plan[name][0]
+        mel_frames = live_steps_for(engine, len(audio))
+        stream = streams[name]
+        wait_until(lambda s=stream, m=mel_frames: s._state.mel_pos == m, what=f"{name} steps")
+        n_out = expected_out_frames(engine, mel_frames)
+        reference = offline.encode(audio, 1)
+        diff = (tap.joined(stream.id) - reference[:, :n_out]).abs().max().item()
+        assert diff < ATOL, f"stream {name}: max diff {diff}"
+        assert stream._state.text.text == offline.decode(reference[:, :n_out])
+        assert stream.finalize_sync(30).text == offline.transcript(padded(engine, audio), 1)
+
+    assert streams["d"]._state.slot in freed_slots, "a freed slot should be reused"
+    assert max(n for kind, n in calls if kind == "later") > 1, "streams should share steps"
+    # The same stream alone in its own engine gives the same text as in the batch.
+    single = make_engine(chunk_ms=160)
+    alone = single.open_stream()
+    alone.push_audio(plan["a"][0])
+    assert alone.finalize_sync(30).text == offline.transcript(padded(engine, plan["a"][0]), 1)
+    for s in streams.values():
+        s.close()
+    assert engine.stats()["slots_in_use"] == 0
+
+
+async def test_64_concurrent_streams(make_engine, offline):
+    engine = make_engine(chunk_ms=160)
+    calls = record_batch_sizes(engine)
+    n = 64
+    audios = [babble(1.0 + 0.1 * (i % 7), 200 + i) for i in range(n)]
+    streams = [engine.open_stream() for _ in range(n)]
+    piece = 640
+    for start in range(0, max(len(a) for a in audios), piece):
+        for s, a in zip(streams, audios, strict=True):
+            if start < len(a):
+                s.push_audio(a[start : start + piece])
+        await asyncio.sleep(0)
+    finals = await asyncio.gather(*(s.finalize() for s in streams))
+    for i, (final, audio) in enumerate(zip(finals, audios, strict=True)):
+        assert final.stream_id == streams[i].id
+        assert final.text == offline.transcript(padded(engine, audio), 1), f"stream {i}"
+    assert engine.stats()["live_streams"] == n
+    assert max(size for _, size in calls) >= 16, "64 streams should be batched together"
+    for s in streams:
+        s.close()
+    assert engine.stats()["slots_in_use"] == 0
+
+
+async def measure_loop_lag(engine, n_streams: int, seed: int) -> tuple[list[float], int]:
+    """Feed ``n_streams`` streams at 4x real time while a ticker measures the loop's lag."""
+    streams = [engine.open_stream() for _ in range(n_streams)]
+    audios = [babble(3.0, seed + i) for i in range(n_streams)]
+    loop = asyncio.get_running_loop()
+    lags: list[float] = []
+    received = {s.id: 0 for s in streams}
+    done = asyncio.Event()
+    steps_before = engine.stats()["steps_run"]
+
+    async def ticker() -> None:
+        while not done.is_set():
+            t0 = time.perf_counter()
+            await asyncio.sleep(0.005)
+            lags.append(time.perf_counter() - t0 - 0.005)
+
+    async def consume(stream) -> None:
+        async for event in stream.events():
+            assert not event.is_final
+            received[stream.id] += 1
+
+    async def feed() -> None:
+        # 20 ms of audio per stream every 5 ms: 4x real time, so the engine is always busy.
+        for start in range(0, len(audios[0]), 320):
+            for s, a in zip(streams, audios, strict=True):
+                s.push_audio(a[start : start + 320])
+            await asyncio.sleep(0.005)
+
+    tick_task = loop.create_task(ticker())
+    consumers = [loop.create_task(consume(s)) for s in streams]
+    await feed()
+    finals = await asyncio.gather(*(s.finalize() for s in streams))
+    done.set()
+    await tick_task
+    for s in streams:
+        s.close()
+    await asyncio.wait_for(asyncio.gather(*consumers), 5)  # events() ends on close
+    assert all(f.is_final for f in finals)
+    assert sum(received.values()) > 0
+    return lags, engine.stats()["steps_run"] - steps_before
+
+
+async def test_event_loop_lag_stays_low_while_engine_busy(make_engine):
+    """The engine never blocks the loop: lag < 20 ms with 24 streams keeping it busy.
+
+    The test machines are 2 cores shared with other jobs, where the OS alone can hold a thread
+    off the CPU for tens of ms; one re-measurement absorbs such a neighbour burst.
+    """
+    engine = make_engine(chunk_ms=160)
+    for attempt in range(2):
+        lags, steps = await measure_loop_lag(engine, n_streams=24, seed=300 + 50 * attempt)
+        assert steps > 10, "the engine should have been busy during the measurement"
+        worst = max(lags)
+        print(
+            f"attempt {attempt}: lag max {worst * 1000:.1f} ms, p99 "
+            f"{np.percentile(lags, 99) * 1000:.1f} ms over {len(lags)} ticks, {steps} steps"
+        )
+        if worst < 0.020:
+            break
+    assert worst < 0.020, f"event loop lag {worst * 1000:.1f} ms (p50 {np.median(lags) * 1000:.1f})"
+
+
+def test_slots_and_memory_freed_after_1000_open_close_cycles(make_engine):
+    engine = make_engine(chunk_ms=160, max_streams=4)
+    audio = babble(0.5, 7)
+    refs: list[weakref.ref] = []
+    failed_finals = []
+
+    def cycle(i: int) -> None:
+        stream = engine.open_stream(on_event=lambda e: None)
+        n = len(audio) if i % 50 == 0 else 1000 + (i * 37) % (len(audio) - 1000)
+        stream.push_audio(audio[:n])
+        if i % 7 == 0:
+            failed_finals.append(engine._request_final(stream))
+        if i % 50 == 0:  # sometimes let the stream really step before it closes
+            wait_until(lambda: stream._state.mel_pos > 0, what="a step")
+        if i % 100 == 0:
+            refs.append(weakref.ref(stream._state))
+        stream.close()
+        stream.close()  # idempotent
+
+    for i in range(100):  # warm up allocator caches before measuring
+        cycle(i)
+    wait_until(lambda: engine.stats()["pending_finals"] == 0, what="idle")
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for i in range(100, 1100):
+        cycle(i)
+    time.sleep(0.2)  # let the last in-flight tick commit
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
+
+    stats = engine.stats()
+    assert stats["live_streams"] == 0
+    assert stats["slots_in_use"] == 0
+    assert stats["slot_capacity"] <= 4
+    assert not engine._streams
+    assert all(r() is None for r in refs), "closed streams must be garbage"
+    for future in failed_finals:
+        assert future.done()
+        if future.exception() is not None:
+            assert isinstance(future.exception(), StreamClosedError)
+    assert growth < 512 * 1024, f"Python heap grew by {growth} bytes over 1000 cycles"
+
+
+def test_engine_full_and_closed_stream_errors(make_engine):
+    engine = make_engine(chunk_ms=160, max_streams=3)
+    a, b, c = engine.open_stream(), engine.open_stream(), engine.open_stream()
+    with pytest.raises(EngineFullError):
+        engine.open_stream()
+    a.close()
+    d = engine.open_stream()
+    assert a.closed and not d.closed
+    with pytest.raises(StreamClosedError):
+        a.push_audio(np.zeros(320, np.float32))
+    with pytest.raises(StreamClosedError):
+        a.finalize_sync(5)
+    with pytest.raises(StreamClosedError):
+        a.reset()
+
+    # Hold the scheduler inside a tick so a final is still queued when its stream closes.
+    gate, inside = threading.Event(), threading.Event()
+    original = engine._runner.encode
+
+    def blocked_encode(*args, **kwargs):
+        inside.set()
+        gate.wait(10)
+        return original(*args, **kwargs)
+
+    engine._runner.encode = blocked_encode
+    c.push_audio(babble(0.5, 1))
+    assert inside.wait(10)
+    pending = engine._request_final(b)
+    b.close()
+    gate.set()
+    with pytest.raises(StreamClosedError):
+        pending.result(5)
+    engine._runner.encode = original
+    assert c.finalize_sync(30).is_final
+
+
+def test_max_batch_caps_a_call_and_every_stream_progresses(make_engine, offline):
+    engine = make_engine(chunk_ms=160, max_batch=2)
+    calls = record_batch_sizes(engine)
+    audios = [babble(1.0, 400 + i) for i in range(5)]
+    streams = [engine.open_stream() for _ in audios]
+    for s, a in zip(streams, audios, strict=True):
+        s.push_audio(a)
+    for s, a in zip(streams, audios, strict=True):
+        mel_frames = live_steps_for(engine, len(a))
+        wait_until(lambda s=s, m=mel_frames: s._state.mel_pos == m, what="progress")
+        n_out = expected_out_frames(engine, mel_frames)
+        assert s._state.text.text == offline.transcript(a, 1, frames=n_out)
+    assert max(size for kind, size in calls if kind != "final") <= 2
+
+
+def test_long_stream_stays_bounded(make_engine, offline):
+    engine = make_engine(chunk_ms=160, max_utterance_chars=300)
+    stream = engine.open_stream()
+    audio = babble(20.0, 9)
+    window = engine._runner.features.window_length(engine._runner.chunk)
+    for start in range(0, len(audio), 8000):
+        stream.push_audio(audio[start : start + 8000])
+        caught_up = live_steps_for(engine, min(start + 8000, len(audio)))
+        wait_until(lambda m=caught_up: stream._state.mel_pos == m, what="steps")
+        # Only the audio of the next (incomplete) step is held, however long the stream is.
+        assert stream._state.audio.held < window
+    mel_frames = live_steps_for(engine, len(audio))
+    wait_until(lambda: stream._state.mel_pos == mel_frames, what="all steps")
+    state = stream._state
+    n_out = expected_out_frames(engine, mel_frames)
+    full = offline.transcript(audio, 1, frames=n_out)
+    assert len(full) > 300, "the check needs a transcript longer than the cap"
+    assert state.text.text == full[-300:]
+    assert len(state.text.tail) <= 256
+    assert len(state.arrivals) <= 2
+    assert state.audio.held < engine._runner.features.window_length(engine._runner.chunk)
+
+
+def test_bf16_autocast_runs_on_cpu(make_engine):
+    engine = make_engine(chunk_ms=160, dtype="bf16")
+    assert engine._pool._enc[0].dtype.is_floating_point
+    stream = engine.open_stream()
+    stream.push_audio(babble(1.0, 11))
+    final = stream.finalize_sync(30)
+    assert final.is_final and isinstance(final.text, str)
+
+
+def test_on_event_runs_on_scheduler_thread(make_engine):
+    engine = make_engine(chunk_ms=160)
+    threads = set()
+    stream = engine.open_stream(on_event=lambda e: threads.add(threading.current_thread().name))
+    stream.push_audio(babble(1.0, 12))
+    stream.finalize_sync(30)
+    wait_until(lambda: bool(threads), what="a partial")
+    assert threads == {"asr-engine"}
