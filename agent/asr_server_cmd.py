@@ -72,6 +72,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cuda-graphs", action="store_true", help="capture the encoder step in CUDA graphs"
     )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (CPU serving; 1 is best on small shared machines)",
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -134,6 +140,10 @@ def handler(args: argparse.Namespace) -> int:
         # bf16 is the GPU default; on a CPU it is slower than fp32.
         engine_kwargs["dtype"] = "fp32"
     config = EngineConfig(**engine_kwargs)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     logger.info(
         f"Loading ASR engine {config.model} on {config.device} ({config.dtype}, "
         f"{config.chunk_ms} ms chunks)..."

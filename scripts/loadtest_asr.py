@@ -58,7 +58,6 @@ from services.asr.server.client import ASRClient  # noqa: E402
 
 SAMPLE_RATE = 16000
 CACHE_DIR = Path(os.environ.get("VOICE_AGENT_CACHE", "~/.cache/voice-agent")).expanduser()
-TINY_BLANK_BIAS = -5.0
 
 
 # ---------------------------------------------------------------- speech
@@ -506,13 +505,29 @@ def free_port() -> int:
 
 
 def tiny_model_path() -> Path:
-    """A cached tiny random-weight model (built once in a subprocess: NeMo stays out of here)."""
-    path = CACHE_DIR / "loadtest" / f"tiny-blank{TINY_BLANK_BIAS:g}.nemo"
+    """A cached tiny random-weight model (built once in a subprocess: NeMo stays out of here).
+
+    Same recipe as the engine tests' ``tiny_nemo`` (tests/asr/conftest.py): the joint re-drawn
+    and blank biased to +3, so it emits ~20 characters per second of audio, about what a real
+    model does on speech (a model emitting on every frame would inflate the decoder's work).
+    """
+    path = CACHE_DIR / "loadtest" / "tiny-v2.nemo"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        code = (
-            "import sys; from services.asr.engine.arch import build_model; "
-            f"build_model('tiny', seed=0, blank_bias={TINY_BLANK_BIAS}).save_to(sys.argv[1])"
+        code = "\n".join(
+            [
+                "import sys, torch",
+                "from services.asr.engine.arch import build_model",
+                "m = build_model('tiny', seed=0)",
+                "with torch.no_grad():",
+                "    out = m.joint.joint_net[-1]",
+                "    torch.nn.init.normal_(out.weight, std=1.0)",
+                "    out.bias.zero_()",
+                "    out.bias[m.decoder.blank_idx] = 3.0",
+                "    m.joint.enc.weight.mul_(3.0)",
+                "    m.joint.pred.weight.mul_(3.0)",
+                "m.save_to(sys.argv[1])",
+            ]
         )
         subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, check=True)
     return path
@@ -531,6 +546,7 @@ class ServerProcess:
         max_streams: int = 1024,
         token: str | None = None,
         log_path: Path | None = None,
+        torch_threads: int | None = None,
     ):
         self.port = free_port()
         self.token = token
@@ -545,6 +561,8 @@ class ServerProcess:
         ]  # fmt: skip
         if token:
             self.args += ["--token", token]
+        if torch_threads:
+            self.args += ["--torch-threads", str(torch_threads)]
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
@@ -707,6 +725,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--chunk-ms", type=int, default=160, help="server chunk (with --tiny/--model)"
     )
+    parser.add_argument(
+        "--server-threads",
+        type=int,
+        default=None,
+        help="torch threads of the server (with --tiny/--model; default 1 on cpu)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default loadtest-out/<time>)")
     args = parser.parse_args(argv)
 
@@ -734,6 +758,7 @@ def main(argv: list[str] | None = None) -> int:
             max_streams=max(args.limit, args.streams),
             token=args.token,
             log_path=out / "server.log",
+            torch_threads=args.server_threads or (1 if args.device == "cpu" else None),
         )
         print(f"starting asr-server on {model} ({args.device}, {args.dtype}) ...")
         server.start()

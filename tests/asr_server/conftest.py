@@ -5,16 +5,15 @@ from __future__ import annotations
 import pytest
 
 from services.asr.server import ASRServer, ServerConfig
-from tests.asr_server.tiny import build_tiny_nemo, open_tiny_engine
+
+# The engine tests' tiny model (a real .nemo whose random weights emit text); importing their
+# conftest also pins torch to one intra-op thread, as on these 2-core machines it must be.
+from tests.asr.conftest import tiny_nemo  # noqa: F401, F811
+from tests.asr_server.tiny import open_tiny_engine
 
 
 @pytest.fixture(scope="session")
-def tiny_nemo(tmp_path_factory):
-    return build_tiny_nemo(tmp_path_factory.mktemp("tiny_asr") / "tiny.nemo")
-
-
-@pytest.fixture(scope="session")
-def tiny_engine(tiny_nemo):
+def tiny_engine(tiny_nemo):  # noqa: F811
     engine = open_tiny_engine(tiny_nemo)
     yield engine
     engine.shutdown()

@@ -87,7 +87,8 @@ def test_loadtest_script_starts_the_cli_server_and_writes_its_reports(tmp_path):
 async def test_soak_64_streams_10_minutes(tmp_path):
     """Full soak: a tiny-model server process, 64 real-time streams for 10 minutes."""
     lt = loadtest_module()
-    with lt.ServerProcess(str(lt.tiny_model_path()), log_path=tmp_path / "server.log") as server:
+    model = str(lt.tiny_model_path())
+    with lt.ServerProcess(model, log_path=tmp_path / "server.log", torch_threads=1) as server:
         cfg = lt.TrialConfig(streams=64, duration=600, warmup_s=10)
         report = await lt.run_trial(server.url, cfg, clips())
     (tmp_path / "report.json").write_text(json.dumps(report))

@@ -1,9 +1,7 @@
-"""Shared test helpers: a tiny random-weight cache-aware RNNT ``.nemo`` and test audio.
+"""Shared test helpers: an engine on the tiny test model, and test audio.
 
-The model comes from the engine's own ``services.asr.engine.arch.build_model`` (the same recipe
-its tests use), saved with ``save_to`` so it loads through the real ``.nemo`` path. A negative
-blank bias makes the random weights emit text (garbage, but deterministic) on every step, so
-partial transcripts keep growing.
+The model is the engine tests' ``tiny_nemo`` fixture (tests/asr/conftest.py): a real ``.nemo``
+whose random weights emit garbage but deterministic text.
 """
 
 from __future__ import annotations
@@ -13,15 +11,6 @@ from pathlib import Path
 import numpy as np
 
 SAMPLE_RATE = 16000
-BLANK_BIAS = -5.0
-
-
-def build_tiny_nemo(path: Path, *, seed: int = 0) -> Path:
-    """Write the tiny model to ``path`` and return it."""
-    from services.asr.engine.arch import build_model
-
-    build_model("tiny", seed=seed, blank_bias=BLANK_BIAS).save_to(str(path))
-    return path
 
 
 def open_tiny_engine(path: Path, *, max_streams: int = 128):

@@ -48,7 +48,7 @@ async def test_interim_and_one_finalized_transcript_per_turn(tiny_engine):
     )
     interims = [f for f in down if isinstance(f, InterimTranscriptionFrame)]
     finals = [f for f in down if isinstance(f, TranscriptionFrame)]
-    assert len(interims) >= 3, "the text grows every step"
+    assert interims, "partial text while the user speaks"
     assert len(finals) == 1 and finals[0].finalized and finals[0].text
     assert finals[0].text.startswith(interims[-1].text[:20])
     # Audio passes through for the user aggregator's VAD; the VAD frames go on too.
