@@ -51,7 +51,9 @@ def load_hibari_voice(voice: str = DEFAULT_HIBARI_VOICE) -> tuple[Any, threading
     with _voices_lock:
         entry = _voices.get(voice)
         if entry is None:
-            entry = (hibari.Hibari(voice=voice), threading.Lock())
+            tts = hibari.Hibari(voice=voice)
+            tts("Hi.")  # loads the G2P lexicons and warms the ONNX session
+            entry = (tts, threading.Lock())
             _voices[voice] = entry
         return entry
 
@@ -95,6 +97,9 @@ class HibariTTSService(TTSService):
         )
         if settings is not None:
             default_settings.apply_update(settings)
+        # Whole-sentence synthesis can leave gaps of seconds between audio frames on a slow
+        # machine; the reply's end closes the context, so this is only a fallback.
+        kwargs.setdefault("stop_frame_timeout_s", 20.0)
         super().__init__(
             push_start_frame=True,
             push_stop_frames=True,
@@ -102,6 +107,7 @@ class HibariTTSService(TTSService):
             settings=default_settings,
             **kwargs,
         )
+        self._load_task: asyncio.Task | None = None
         self._text_aggregator = FirstClauseTextAggregator(
             aggregation_type=self._text_aggregation_mode,
             language=self._text_aggregator.language,
@@ -116,9 +122,16 @@ class HibariTTSService(TTSService):
         self._lock = threading.Lock()
 
     async def start(self, frame: StartFrame):
-        """Load the shared voice off the event loop before the first sentence arrives."""
+        """Start loading the shared voice in the background (off the event loop)."""
         await super().start(frame)
-        await self._load_voice()
+        self._load_task = self.create_task(self._load_voice(), name="load")
+
+    async def cleanup(self):
+        """Stop a model load still running for this session (the shared load carries on)."""
+        if self._load_task is not None:
+            await self.cancel_task(self._load_task)
+            self._load_task = None
+        await super().cleanup()
 
     async def _load_voice(self):
         voice = str(self._settings.voice or DEFAULT_HIBARI_VOICE)

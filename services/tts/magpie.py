@@ -104,6 +104,9 @@ class MagpieTTSService(TTSService):
         if settings is not None:
             default_settings.apply_update(settings)
 
+        # Whole-sentence synthesis can leave gaps of seconds between audio frames on a slow
+        # machine; the reply's end closes the context, so this is only a fallback.
+        kwargs.setdefault("stop_frame_timeout_s", 20.0)
         super().__init__(
             push_start_frame=True,
             push_stop_frames=True,
@@ -113,6 +116,7 @@ class MagpieTTSService(TTSService):
         )
         self._engine = engine or get_magpie_engine(model, device)
         self._frame_ms = frame_ms
+        self._load_task: asyncio.Task | None = None
         self._text_aggregator = FirstClauseTextAggregator(
             aggregation_type=self._text_aggregation_mode,
             language=self._text_aggregator.language,
@@ -133,19 +137,29 @@ class MagpieTTSService(TTSService):
         return language_to_magpie_language(language)
 
     async def start(self, frame: StartFrame):
-        """Load the shared model (off the event loop) before the first sentence arrives."""
+        """Start loading the shared model in the background (off the event loop)."""
         await super().start(frame)
+        self._load_task = self.create_task(self._load_in_background(), name="load")
+
+    async def cleanup(self):
+        """Stop a model load still running for this session (the shared load carries on)."""
+        if self._load_task is not None:
+            await self.cancel_task(self._load_task)
+            self._load_task = None
+        await super().cleanup()
+
+    async def _load_in_background(self):
         try:
-            await self._engine.load()
+            await self._ensure_ready()
+            speaker_index(self._settings.voice, self._engine.num_speakers)
         except Exception as e:
             await self.push_error(error_msg=f"{self}: {e}", exception=e)
-            return
+
+    async def _ensure_ready(self):
+        """Wait for the model (shared, loaded once) and adopt its sample rate."""
+        await self._engine.load()
         if not self._init_sample_rate:
             self._sample_rate = self._engine.sample_rate
-        try:
-            speaker_index(self._settings.voice, self._engine.num_speakers)
-        except ValueError as e:
-            await self.push_error(error_msg=f"{self}: {e}", exception=e)
 
     async def _update_settings(self, delta: Settings) -> dict[str, Any]:
         """Apply a settings delta; voice, language and cfg_scale apply from the next sentence."""
@@ -170,6 +184,7 @@ class MagpieTTSService(TTSService):
         """
         cancel = threading.Event()
         try:
+            await self._ensure_ready()
             speaker = speaker_index(self._settings.voice, self._engine.num_speakers)
             language = self._settings.language if is_given(self._settings.language) else "en"
             cfg_scale = self._settings.cfg_scale if is_given(self._settings.cfg_scale) else None

@@ -112,6 +112,9 @@ class PiperTTSService(TTSService):
         default_settings = self.Settings(model=None, voice=DEFAULT_PIPER_VOICE, language=None)
         if settings is not None:
             default_settings.apply_update(settings)
+        # Whole-sentence synthesis can leave gaps of seconds between audio frames on a slow
+        # machine; the reply's end closes the context, so this is only a fallback.
+        kwargs.setdefault("stop_frame_timeout_s", 20.0)
         super().__init__(
             push_start_frame=True,
             push_stop_frames=True,
@@ -119,6 +122,7 @@ class PiperTTSService(TTSService):
             settings=default_settings,
             **kwargs,
         )
+        self._load_task: asyncio.Task | None = None
         self._text_aggregator = FirstClauseTextAggregator(
             aggregation_type=self._text_aggregation_mode,
             language=self._text_aggregator.language,
@@ -137,9 +141,16 @@ class PiperTTSService(TTSService):
         return str(language.value)
 
     async def start(self, frame: StartFrame):
-        """Load the shared voice off the event loop and adopt its sample rate."""
+        """Start loading the shared voice in the background; its rate becomes the output rate."""
         await super().start(frame)
-        await self._load_voice()
+        self._load_task = self.create_task(self._load_voice(), name="load")
+
+    async def cleanup(self):
+        """Stop a model load still running for this session (the shared load carries on)."""
+        if self._load_task is not None:
+            await self.cancel_task(self._load_task)
+            self._load_task = None
+        await super().cleanup()
 
     async def _load_voice(self):
         try:

@@ -40,7 +40,11 @@ pytestmark = pytest.mark.timeout(300)
 
 def reply(*texts: str) -> list:
     """The frames an LLM produces for one reply."""
-    return [LLMFullResponseStartFrame(), *[LLMTextFrame(t) for t in texts], LLMFullResponseEndFrame()]
+    return [
+        LLMFullResponseStartFrame(),
+        *[LLMTextFrame(t) for t in texts],
+        LLMFullResponseEndFrame(),
+    ]
 
 
 def audio_of(frames) -> list[TTSAudioRawFrame]:
@@ -90,7 +94,11 @@ def synth_log(tiny_magpie_engine, monkeypatch):
 def make_service(path: str, **kwargs) -> MagpieTTSService:
     settings = MagpieTTSService.Settings(voice="Aria", language="en", cfg_scale=1.0)
     return MagpieTTSService(
-        model=path, device="cpu", settings=settings, text_transforms=speakable_transforms(), **kwargs
+        model=path,
+        device="cpu",
+        settings=settings,
+        text_transforms=speakable_transforms(),
+        **kwargs,
     )
 
 
