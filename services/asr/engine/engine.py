@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import gc
 import itertools
 import logging
@@ -216,7 +217,7 @@ class ASREngine:
             configure_for_streaming(model, self.config)
             model = model.to(self.device)
         self.model = model
-        with torch.inference_mode():
+        with torch.inference_mode(), _on_device(self.device):
             self._runner = ModelRunner(model, self.config, self.device)
             if self._runner.features.sample_rate != SAMPLE_RATE:
                 raise ValueError(f"model expects {self._runner.features.sample_rate} Hz audio")
@@ -247,6 +248,8 @@ class ASREngine:
         self._encoder_calls = 0
         self._tick_ms: collections.deque[float] = collections.deque(maxlen=2048)
         self._batch_sizes: collections.deque[int] = collections.deque(maxlen=256)
+        # Chunk latency: a step's audio complete (pushed) -> its result committed.
+        self._chunk_ms: collections.deque[float] = collections.deque(maxlen=4096)
         self._stopping = False
         # Test/benchmark hook: called on the scheduler thread as
         # tap(stream_id, "live" | "final", encoded [d_model, T] tensor) for every encoder output.
@@ -310,6 +313,7 @@ class ASREngine:
             live = len(self._streams)
             states = [h._state for h in self._streams.values()]
             ticks = list(self._tick_ms)
+            chunks = list(self._chunk_ms)
             batches = list(self._batch_sizes)
             steps = self._tick
             calls = self._encoder_calls
@@ -317,12 +321,16 @@ class ASREngine:
         for state in states:
             with state.lock:
                 pending += sum(isinstance(item, FinalRequest) for item in state.inbox)
-        ordered = sorted(ticks)
 
-        def pct(q: float) -> float | None:
-            if not ordered:
-                return None
-            return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+        def pcts(values: list[float]) -> dict[str, float | None]:
+            ordered = sorted(values)
+
+            def pct(q: float) -> float | None:
+                if not ordered:
+                    return None
+                return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+            return {"p50": pct(50), "p95": pct(95), "p99": pct(99)}
 
         return {
             "live_streams": live,
@@ -333,7 +341,8 @@ class ASREngine:
             "steps_run": steps,
             "encoder_calls": calls,
             "recent_batch_sizes": batches[-32:],
-            "step_latency_ms": {"p50": pct(50), "p95": pct(95), "p99": pct(99)},
+            "step_latency_ms": pcts(ticks),
+            "chunk_latency_ms": pcts(chunks),
             "device": str(self.device),
             "dtype": self.config.dtype,
             "chunk_ms": self.config.chunk_ms,
@@ -434,7 +443,7 @@ class ASREngine:
     # ---------------- scheduler thread ----------------
 
     def _loop(self) -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), _on_device(self.device):
             busy = False
             while True:
                 if not busy:
@@ -583,6 +592,7 @@ class ASREngine:
         features = self._runner.features
         finals = []
         events = []
+        chunk_ms: list[float] = []
         for work, ids in zip(plan.finals, final_tokens, strict=True):
             request = work.request
             if work.stream.closed:
@@ -608,6 +618,8 @@ class ASREngine:
             state.next_needed = self._scheduler.samples_for_next_step(state)
             state.last_served = plan.tick
             arrived = state.arrival_time(step.audio_needed)
+            if arrived is not None:
+                chunk_ms.append((now - arrived) * 1000)
             if not state.text.extend(ids):
                 continue
             with self._lock:
@@ -628,7 +640,16 @@ class ASREngine:
                 utterance=state.sched_utterance,
             )
             events.append((handle, event, subscribers))
+        with self._lock:
+            self._chunk_ms.extend(chunk_ms)
         return finals, events
+
+
+def _on_device(device: torch.device):
+    """Make ``device`` current on this thread (CUDA graphs and streams use the current device)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def _fail(future: concurrent.futures.Future, exc: BaseException) -> None:
