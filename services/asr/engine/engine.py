@@ -242,6 +242,7 @@ class ASREngine:
         # Guards the stream registry and the counters only; never held during model work.
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._tick_lock = threading.Lock()  # held by the scheduler thread during a tick
         self._streams: dict[str, ASRStream] = {}
         self._ids = itertools.count()
         self._tick = 0
@@ -445,45 +446,55 @@ class ASREngine:
     def _loop(self) -> None:
         with torch.inference_mode(), _on_device(self.device):
             busy = False
-            while True:
+            while not self._stopping:
                 if not busy:
                     self._wake.wait(0.05)
                 if self._stopping:
                     break
-                self._wake.clear()
-                with self._lock:
-                    states = [h._state for h in self._streams.values()]
-                plan = None
-                try:
-                    plan = self._scheduler.plan(states, self._tick, self._pool.acquire)
-                    if plan.empty:
+                with self._tick_lock:
+                    try:
+                        busy = self._tick_once() > 0
+                    except Exception:
+                        logger.exception("ASR engine tick failed")
                         busy = False
-                        continue
-                    busy = True
-                    started = time.perf_counter()
-                    live_tokens, final_tokens = self._execute(plan)
-                except Exception as exc:
-                    # Keep serving the other streams; fail what was asked for in this tick.
-                    logger.exception("ASR engine tick failed")
-                    for work in plan.finals if plan is not None else []:
-                        _fail(work.request.future, exc)
-                    busy = False
-                    time.sleep(0.05)  # do not spin if every tick fails
-                    continue
-                deliveries = self._commit(plan, live_tokens, final_tokens)
-                for future, event in deliveries[0]:
-                    if not future.done():
-                        try:
-                            future.set_result(event)
-                        except concurrent.futures.InvalidStateError:
-                            pass  # cancelled by the caller meanwhile
-                for handle, event, subscribers in deliveries[1]:
-                    handle._deliver(event, subscribers)
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                with self._lock:
-                    self._tick += 1
-                    self._tick_ms.append(elapsed_ms)
-                    self._batch_sizes.append(plan.live_rows + len(plan.finals))
+                        time.sleep(0.05)  # do not spin if every tick fails
+
+    def _tick_once(self) -> int:
+        """Plan, run, commit and deliver one tick; returns the rows it ran (0: nothing to do).
+
+        Runs on the scheduler thread. Benchmarks call it directly while holding ``_tick_lock``
+        (which keeps the scheduler thread out), inside ``torch.inference_mode()``.
+        """
+        self._wake.clear()
+        with self._lock:
+            states = [h._state for h in self._streams.values()]
+        plan = self._scheduler.plan(states, self._tick, self._pool.acquire)
+        if plan.empty:
+            return 0
+        started = time.perf_counter()
+        try:
+            live_tokens, final_tokens = self._execute(plan)
+        except Exception as exc:
+            # Fail what was asked for in this tick; the other streams keep being served.
+            for work in plan.finals:
+                _fail(work.request.future, exc)
+            raise
+        finals, events = self._commit(plan, live_tokens, final_tokens)
+        for future, event in finals:
+            if not future.done():
+                try:
+                    future.set_result(event)
+                except concurrent.futures.InvalidStateError:
+                    pass  # cancelled by the caller meanwhile
+        for handle, event, subscribers in events:
+            handle._deliver(event, subscribers)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        rows = plan.live_rows + len(plan.finals)
+        with self._lock:
+            self._tick += 1
+            self._tick_ms.append(elapsed_ms)
+            self._batch_sizes.append(rows)
+        return rows
 
     def _slots(self, slots: list[int]) -> torch.Tensor:
         return torch.tensor(slots, dtype=torch.long, device=self.device)
