@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import logging
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,22 @@ DEFAULT_MAGPIE_MODEL = "nvidia/magpie_tts_multilingual_357m"
 # Baked speakers of nvidia/magpie_tts_multilingual_357m, by index.
 MAGPIE_SPEAKERS: dict[str, int] = {"john": 0, "sofia": 1, "aria": 2, "jason": 3, "leo": 4}
 MAGPIE_LANGUAGES = ("en", "es", "de", "fr", "vi", "it", "zh", "hi", "ja")
+
+
+class _PerCallNoise(logging.Filter):
+    """Drops the INFO lines NeMo's Magpie logs on every synthesis (tokenizer, decoder steps)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(("Decoding timestep", "Using tokenizer"))
+
+
+def _quiet_per_call_logs() -> None:
+    nemo_logger = logging.getLogger("nemo_logger")
+    if not any(isinstance(f, _PerCallNoise) for f in nemo_logger.filters):
+        nemo_logger.addFilter(_PerCallNoise())
+    # Magpie asks for fp32 autocast, which CPU autocast does not support: harmless, per call.
+    warnings.filterwarnings("ignore", message="In CPU autocast, but the target dtype")
 
 
 class SynthesisCancelled(Exception):
@@ -133,6 +151,7 @@ class MagpieEngine:
         import torch
         from nemo.collections.tts.models import MagpieTTSModel
 
+        _quiet_per_call_logs()
         device = resolve_device(self.device)
         started = time.perf_counter()
         source = self.model_name

@@ -21,6 +21,7 @@ from pipecat.frames.frames import (
     LLMTextFrame,
     MetricsFrame,
     TTSAudioRawFrame,
+    TTSSpeakFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
@@ -232,6 +233,13 @@ async def test_interruption_stops_generation_and_drops_stale_audio(tiny_magpie_p
     assert after, "the session carries on and speaks the next reply"
     assert {f.context_id for f in after}.isdisjoint({f.context_id for f in before})
     assert not [f for f in up if isinstance(f, ErrorFrame)]
+
+
+async def test_speak_frame_is_spoken(tiny_magpie_path, synth_log):
+    tts = make_service(tiny_magpie_path)
+    down, _ = await run_test(tts, frames_to_send=[TTSSpeakFrame("Hi, I am your assistant.")])
+    assert audio_of(down)
+    assert [c[0].strip() for c in synth_log["calls"]] == ["Hi, I am your assistant."]
 
 
 async def test_sessions_share_one_model_safely(tiny_magpie_path, synth_log):
