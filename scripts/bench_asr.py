@@ -17,9 +17,9 @@ raised (``--blank-bias``) so that random weights emit about as rarely as a train
 system decodes with the same model, so the comparison stays fair.
 
 Examples:
-  python scripts/bench_asr.py --arch tiny --device cpu --threads 1 --out bench_out/asr_cpu
+  python scripts/bench_asr.py --arch tiny --device cpu --threads 1 --out bench_results/asr_cpu
   python scripts/bench_asr.py --arch nemotron-0.6b --device cuda --dtype bf16 --cuda-graphs \\
-      --batches 1,8,64,256,1024 --streams 256 --out bench_out/asr_h100
+      --batches 1,8,64,256,1024 --streams 256 --out bench_results/asr_h100
 """
 
 from __future__ import annotations
@@ -420,7 +420,11 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--chunk-ms", type=int, default=160, choices=(80, 160, 560, 1120))
-    parser.add_argument("--batches", default="1,2,4,8,16,32,64")
+    parser.add_argument(
+        "--batches",
+        default="1,2,4,8,16,32,64,128,256,512",
+        help="batch sizes to time; a system stops at the first whose step exceeds a chunk",
+    )
     parser.add_argument(
         "--shipped-max-batch",
         type=int,
@@ -435,7 +439,7 @@ def main() -> int:
     parser.add_argument("--cuda-graphs", action="store_true")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (CPU)")
     parser.add_argument("--systems", default="engine,buffered,shipped")
-    parser.add_argument("--out", default="bench_out/asr")
+    parser.add_argument("--out", default="bench_results/asr")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.threads:
@@ -480,6 +484,8 @@ def main() -> int:
                 continue
             steps[b] = impl.step_time(b, args.repeats)
             logger.info("%s B=%d step %.1f ms", name, b, steps[b] * 1000)
+            if steps[b] > chunk_s:
+                break  # no longer real time: larger batches only get slower
         cap = capacity(steps, chunk_s)
         logger.info(
             "== %s: %d streams paced in real time for %.0f s", name, args.streams, args.seconds
@@ -551,6 +557,8 @@ def print_table(results: dict, batches: list[int], report: dict) -> None:
             f"{fmt(lat['p50'])}/{fmt(lat['p95'])}/{fmt(lat['p99']):<18}"
             f"{fmt(r['time_to_final_ms']['p50'])} ({r['time_to_final_ms']['note']})"
         )
+        if "time_to_final_idle_ms" in r:
+            print(f"{'':<58}{fmt(r['time_to_final_idle_ms'])} (one stream, idle)")
     if "engine_vs_buffered_capacity" in report:
         print(
             f"\nengine capacity / buffered capacity = {report['engine_vs_buffered_capacity']:.1f}x"
