@@ -1,0 +1,28 @@
+"""scripts/bench_asr.py runs end to end on the tiny model (a few seconds, tiny settings)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_asr.py"
+
+
+def test_bench_asr_smoke(tmp_path, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("bench_asr", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["bench_asr.py", "--arch", "tiny", "--device", "cpu", "--batches", "1,4"]
+    argv += ["--streams", "2", "--seconds", "1", "--repeats", "1", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert bench.main() == 0
+    report = json.loads((tmp_path / "bench_asr.json").read_text())
+    for name in ("engine", "buffered", "shipped"):
+        result = report["results"][name]
+        assert result["step_ms"]["1"] > 0
+        assert result["chunk_latency_ms"]["p50"] is not None
+        assert result["time_to_final_ms"]["p50"] > 0
+    assert (tmp_path / "bench_asr.png").exists()
+    assert "capacity" in capsys.readouterr().out
