@@ -214,5 +214,8 @@ class PiperTTSService(TTSService):
             await self.push_error(
                 error_msg=f"{self}: synthesis failed for [{text}]: {e}", exception=e
             )
+            # Close the reply's audio context now rather than after the silence timeout.
+            if self.audio_context_available(context_id):
+                await self.remove_audio_context(context_id)
         finally:
             stop.set()

@@ -177,17 +177,22 @@ async def test_text_is_made_speakable_before_synthesis(tiny_magpie_path, synth_l
 async def test_interruption_stops_generation_and_drops_stale_audio(tiny_magpie_path):
     engine = MagpieEngine(tiny_magpie_path, "cpu")
     await engine.load()
-    steps = {"n": 0}
-    engine._model.decoder.register_forward_pre_hook(
-        lambda module, args: steps.__setitem__("n", steps["n"] + 1)
-    )
+    steps = {"n": 0, "slow": False}
+
+    def count_step(module, args):
+        steps["n"] += 1
+        if steps["slow"]:
+            time.sleep(0.025)  # a "long" sentence takes over 10 s: only an interruption ends it
+
+    engine._model.decoder.register_forward_pre_hook(count_step)
     params = engine._model.inference_parameters
     original = engine._synthesize_blocking
     runs: list[dict] = []
 
     def synthesize(text, language, speaker, cfg_scale, cancel):
-        # "long" sentences cannot end before 400 decoder steps: only an interruption stops them.
+        # "long" sentences take 400 slowed decoder steps: only an interruption ends them early.
         long = "long" in text
+        steps["slow"] = long
         params.max_decoder_steps = 400 if long else 8
         params.min_generated_frames = 400 if long else 4
         run = {"text": text, "start_steps": steps["n"], "cancelled": False}
