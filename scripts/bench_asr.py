@@ -124,7 +124,6 @@ class EngineSystem:
         return statistics.median(times)
 
     def time_to_final_idle(self, repeats: int) -> float:
-        stream = self.engine.open_stream()
         audio = speechlike(2.0, 2)
         sched = self.engine._scheduler
         caught_up, n = 0, sched.chunk_first
@@ -132,14 +131,14 @@ class EngineSystem:
             caught_up, n = caught_up + n, sched.chunk
         out = []
         for _ in range(repeats):
+            stream = self.engine.open_stream()
             stream.push_audio(audio)
             # As at a VAD stop: the live stream has kept up, the final pads the last chunk.
             deadline = time.monotonic() + 60
             while stream._state.mel_pos < caught_up and time.monotonic() < deadline:
                 time.sleep(0.001)
             out.append(stream.finalize_sync(120).latency_s)
-            stream.reset()
-        stream.close()
+            stream.close()
         return statistics.median(out)
 
     def paced(self, n_streams: int, seconds: float, chunk_s: float) -> dict:
