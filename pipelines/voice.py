@@ -133,7 +133,8 @@ async def build_voice_pipeline(
         services: Prebuilt services (tests); built from the registry when None.
     """
     services = services or await build_services(settings)
-    context = LLMContext(messages=[{"role": "system", "content": settings.llm.system_prompt}])
+    # The system prompt lives on the LLM service (system_instruction), as Pipecat 1.14 asks.
+    context = LLMContext()
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(

@@ -40,6 +40,8 @@ def make_service(settings: AgentSettings, resolved, **kwargs):
     service_settings = OpenAICompatibleLLMService.Settings(
         model=resolved.model or "default",
         temperature=llm.temperature,
+        # Pipecat 1.14 wants the system prompt on the service, not as a context message.
+        system_instruction=llm.system_prompt,
         extra=extra,
     )
     if llm.max_tokens is not None:

@@ -72,7 +72,7 @@ async def test_assembly_for_each_backend_combination(stt, tts, llm):
     assert inner[2] is type(voice.services.llm)
     assert inner[3] is type(voice.services.tts)
     assert issubclass(inner[4], LLMAssistantAggregator)
-    assert voice.context.get_messages()[0]["role"] == "system"
+    assert voice.context.get_messages() == []
 
 
 def speech_16k(text: str) -> np.ndarray:
@@ -115,7 +115,9 @@ async def test_audio_in_speech_out_through_the_assembled_pipeline():
 
     # The user aggregator consumes transcripts; what reached the LLM is the proof.
     assert server.requests, "the LLM was never asked"
-    user_turn = server.requests[0]["messages"][-1]
+    sent = server.requests[0]["messages"]
+    assert sent[0]["role"] == "system" and "voice assistant" in sent[0]["content"]
+    user_turn = sent[-1]
     assert user_turn["role"] == "user" and "capital" in str(user_turn["content"]).lower()
     audio = [f for f in down if isinstance(f, TTSAudioRawFrame)]
     assert audio, "the TTS produced no audio"
