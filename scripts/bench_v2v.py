@@ -281,9 +281,10 @@ def plot(records: list[dict], summary: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     timed = [r for r in records if not r["warmup"] and r["stages"]]
-    if not timed:
+    answered = [r for r in records if not r["warmup"] and r["voice_to_voice_secs"]]
+    if not answered:
         return
-    fig, (bars, cdf) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [2, 1]})
+    fig, (bars, cdf) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [2, 1]})
     x = np.arange(len(timed))
     bottom = np.zeros(len(timed))
     colors = plt.get_cmap("tab10").colors
@@ -293,21 +294,22 @@ def plot(records: list[dict], summary: dict, path: Path, title: str) -> None:
         bottom += values
     totals = np.array([r["stages"]["total"] * 1000 for r in timed])
     bars.plot(x, totals, "k.", label="client voice-to-voice")
-    bars.set_xlabel("turn")
+    bars.set_xticks(x, [str(r["index"]) for r in timed], fontsize=8)
+    bars.set_xlabel("turn (with the agent's breakdown)")
     bars.set_ylabel("ms")
     bars.set_title("Per-turn breakdown")
-    bars.legend(fontsize=8, loc="upper left")
-    ordered = np.sort(totals)
+    ordered = np.sort([r["voice_to_voice_secs"] * 1000 for r in answered])
     cdf.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered), drawstyle="steps-post")
-    for p in PERCENTILES:
-        value = summary["stages"]["total"][f"p{p}"] * 1000
+    for i, p in enumerate(PERCENTILES):
+        value = summary["voice_to_voice"][f"p{p}"] * 1000
         cdf.axvline(value, linestyle="--", color="gray")
-        cdf.text(value, 0.02 + 0.1 * PERCENTILES.index(p), f" p{p} {value:.0f}", fontsize=8)
+        cdf.text(value, 0.05 + 0.1 * i, f" p{p} {value:.0f}", fontsize=8)
     cdf.set_xlabel("voice-to-voice ms (client)")
-    cdf.set_ylabel("fraction of turns")
-    cdf.set_title("Distribution")
+    cdf.set_ylabel("fraction of answered turns")
+    cdf.set_title(f"Distribution ({len(answered)} turns)")
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.legend(*bars.get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=8)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -395,7 +397,11 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"meta": meta, "summary": summary, "turns": records}, indent=2)
     )
     (out / "table.md").write_text(table + "\n")
-    plot(records, summary, out / "v2v.png", f"Voice-to-voice, {meta['target']}")
+    load = summary.get("load_avg_1min")
+    title = f"Voice-to-voice, {meta['target']}, profile {meta.get('profile') or '?'}" + (
+        f", load avg {load['mean']:.1f}" if load else ""
+    )
+    plot(records, summary, out / "v2v.png", title)
     print()
     print(table)
     print(f"\nwrote {out / 'results.json'}, {out / 'table.md'}, {out / 'v2v.png'}")
