@@ -64,7 +64,7 @@ DEFAULT_OVERRIDES = {"llm.max_tokens": "60"}
 def stage_times(turn: TurnResult) -> dict[str, float] | None:
     """Seconds per stage for one turn; None without a reply or without the agent's breakdown."""
     v2v = turn.voice_to_voice_secs
-    if v2v is None or v2v <= 0 or not turn.server_latency:
+    if v2v is None or v2v <= 0 or turn.overlapped or not turn.server_latency:
         return None
     parts: dict[str, float] = dict(turn.server_latency.get("parts") or {})
     server_total = float(turn.server_latency.get("total_secs") or 0.0)
@@ -181,7 +181,9 @@ async def run_turns(url: str, utterances: list[Utterance], args: argparse.Namesp
                 "utterance": utterance.id,
                 "text": utterance.text,
                 "speech_secs": utterance.duration_s,
-                "voice_to_voice_secs": turn.voice_to_voice_secs,
+                # None when the bot was already speaking as the user finished (see overlapped).
+                "voice_to_voice_secs": None if turn.overlapped else turn.voice_to_voice_secs,
+                "overlapped": turn.overlapped,
                 "stages": times,
                 "server_latency": turn.server_latency,
                 "user_transcript": turn.user_transcript,
@@ -217,6 +219,7 @@ def build_summary(records: list[dict]) -> dict:
     summary: dict = {
         "turns": len(measured),
         "answered": sum(r["voice_to_voice_secs"] is not None for r in measured),
+        "overlapped": sum(bool(r.get("overlapped")) for r in measured),
         "with_breakdown": len(timed),
         "load_avg_1min": summarize(loads) if loads else None,
     }
@@ -235,7 +238,12 @@ def format_table(summary: dict, meta: dict) -> str:
     lines = [
         f"Voice-to-voice over WebRTC, measured at the client: {summary['turns']} turns, "
         f"{summary['answered']} answered, {summary.get('with_breakdown', 0)} with the agent's "
-        "breakdown.",
+        "breakdown"
+        + (
+            f", {summary['overlapped']} left out (the bot spoke before the user finished)."
+            if summary.get("overlapped")
+            else "."
+        ),
         f"Agent: {meta['target']} (profile {meta.get('profile') or 'as configured there'}); "
         f"client host: {meta['hardware'].get('cpu')}, {meta['hardware'].get('logical_cpus')} CPUs"
         + (

@@ -152,6 +152,10 @@ class BotAudio:
                 return t
         return None
 
+    def voiced_between(self, t0: float, t1: float) -> bool:
+        """Whether any frame that arrived in [t0, t1] is voiced."""
+        return any(t0 <= t <= t1 and frame_rms(c) >= VOICED_RMS for t, c in self.chunks)
+
     def last_voiced(self) -> float | None:
         for t, chunk in reversed(self.chunks):
             if frame_rms(chunk) >= VOICED_RMS:
@@ -171,6 +175,9 @@ class TurnResult:
     bot_text: str = ""
     server_latency: dict[str, Any] | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
+    # The bot was already talking when the user finished (it answered part of the utterance):
+    # the first audio after the end of speech is then no measure of this turn's latency.
+    overlapped: bool = False
 
     @property
     def voice_to_voice_secs(self) -> float | None:
@@ -345,6 +352,7 @@ class VoiceClient:
         speech_end_at = await self.mic.play(audio, mark_at=bounds[1])
         turn = TurnResult(utterance=name, speech_end_at=speech_end_at)
 
+        turn.overlapped = self.bot_audio.voiced_between(speech_end_at - 0.3, speech_end_at)
         deadline = speech_end_at + response_timeout
         while turn.first_audio_at is None and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
