@@ -194,11 +194,12 @@ async def run_turns(url: str, utterances: list[Utterance], args: argparse.Namesp
                 "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             }
             records.append(record)
-            v2v = (
-                "no reply"
-                if turn.voice_to_voice_secs is None
-                else f"{turn.voice_to_voice_secs * 1000:.0f} ms"
-            )
+            if turn.overlapped:
+                v2v = "overlap"
+            elif turn.voice_to_voice_secs is None:
+                v2v = "no reply"
+            else:
+                v2v = f"{turn.voice_to_voice_secs * 1000:.0f} ms"
             tag = "warm-up " if record["warmup"] else ""
             print(
                 f"[{index + 1}/{total}] {tag}{v2v:>9}  heard {turn.user_transcript!r} -> "
