@@ -31,6 +31,10 @@ from . import protocol as P
 from .metrics import render_metrics
 
 logger = logging.getLogger(__name__)
+# The websockets library logs every plain HTTP answer (/health, /metrics) as "connection
+# rejected" at INFO; keep its log for warnings and errors.
+_ws_logger = logging.getLogger(f"{__name__}.websockets")
+_ws_logger.setLevel(logging.WARNING)
 
 
 @dataclass
@@ -172,6 +176,7 @@ class ASRServer:
             ping_interval=cfg.ping_interval,
             ping_timeout=cfg.ping_timeout,
             close_timeout=2,
+            logger=_ws_logger,
         )
         logger.info(
             "ASR server listening on ws://%s:%d/v1/stream (max %d streams, auth %s)",
