@@ -378,9 +378,11 @@ class VoiceClient:
             elif message["type"] == "bot-output":
                 bot_text.add(data)
             elif _is_turn_latency(message) and turn.first_audio_at is not None:
-                # The agent sends it as it starts speaking: it belongs to the reply we heard,
-                # not to one the agent began mid-utterance (a pause split the user's speech).
-                if speech_end_at - 0.5 <= t <= turn.first_audio_at + 1.0:
+                # The agent sends it as it starts speaking, a downlink (plus any leading silence
+                # of the speech) before we hear it: it belongs to the reply we heard, not to one
+                # the agent began mid-utterance (a pause split the user's speech).
+                earliest = max(speech_end_at - 0.5, turn.first_audio_at - 1.5)
+                if earliest <= t <= turn.first_audio_at + 1.0:
                     turn.server_latency = data
         turn.user_transcript = " ".join(p for p in user_parts if p)
         turn.bot_text = bot_text.text
