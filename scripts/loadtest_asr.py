@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import importlib.util
 import json
@@ -171,12 +172,13 @@ async def _client(
 ) -> ClientStats:
     stats = ClientStats()
     per_msg = SAMPLE_RATE * cfg.send_ms // 1000
-    send_times: list[
-        float
-    ] = []  # wall time message k was sent (covers samples up to (k+1)*per_msg)
+    # Message k carried samples up to sent_ends[k] (clips end mid-message, so messages differ in
+    # length) and was sent at send_times[k].
+    sent_ends: list[int] = []
+    send_times: list[float] = []
 
     def sent_at(audio_s: float) -> float | None:
-        k = max(0, math.ceil(audio_s * SAMPLE_RATE / per_msg) - 1)
+        k = bisect.bisect_left(sent_ends, int(round(audio_s * SAMPLE_RATE)))
         return send_times[k] if k < len(send_times) else None
 
     def on_event(event: dict[str, Any]) -> None:
@@ -245,6 +247,7 @@ async def _client(
             now = time.perf_counter()
             stats.lateness.append(max(0.0, now - due))
             await client.send_audio(message)
+            sent_ends.append((sent_ends[-1] if sent_ends else 0) + len(message) // 2)
             send_times.append(now)
             if ends:
                 speech_end = now
