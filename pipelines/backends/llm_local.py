@@ -41,8 +41,32 @@ async def build(settings: AgentSettings):
 
 
 async def prewarm(settings: AgentSettings) -> None:
-    """Start the server before the first session."""
-    await server_for(settings).ensure_started()
+    """Start the server and run one short completion with the system prompt.
+
+    The first request of a fresh llama.cpp server pays for loading weights into cache and
+    evaluating the system prompt (~2 s here); doing it now keeps it off the first user's turn
+    (llama.cpp reuses the evaluated prompt prefix).
+    """
+    import httpx
+
+    from services.llm.llama_server import LOCAL_MODEL_ALIAS
+
+    base_url = await server_for(settings).ensure_started()
+    body = {
+        "model": LOCAL_MODEL_ALIAS,
+        "messages": [
+            {"role": "system", "content": settings.llm.system_prompt},
+            {"role": "user", "content": "Hello."},
+        ],
+        "max_tokens": 1,
+    }
+    async with httpx.AsyncClient(timeout=60) as client:
+        try:
+            await client.post(f"{base_url.rstrip('/')}/chat/completions", json=body)
+        except httpx.HTTPError as e:  # a failed warm-up only costs the first user time
+            from loguru import logger
+
+            logger.warning(f"local LLM warm-up request failed: {e}")
 
 
 def checks(settings: AgentSettings) -> list[Check]:

@@ -52,6 +52,7 @@ def make_service(settings: AgentSettings, resolved, **kwargs):
         thinking=llm.thinking,
         send_chat_template_kwargs=resolved.chat_template_kwargs,
         discover_model=resolved.model is None,
+        developer_role=settings.llm.preset == "openai",
         settings=service_settings,
         **kwargs,
     )

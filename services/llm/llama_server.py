@@ -117,8 +117,9 @@ class LlamaServer:
             "--n_ctx",
             str(self.n_ctx),
         ]
-        if self.n_threads:
-            cmd += ["--n_threads", str(self.n_threads)]
+        # llama.cpp defaults to half the cores (1 of 2 here): use every core we may run on.
+        threads = self.n_threads or max(1, len(os.sched_getaffinity(0)))
+        cmd += ["--n_threads", str(threads)]
         return cmd + self.extra_args
 
     def _spawn(self) -> None:

@@ -42,6 +42,7 @@ class OpenAICompatibleLLMService(OpenAILLMService):
         read_timeout_s: float = 60.0,
         max_retries: int = 1,
         ensure_server: Callable[[], Awaitable[Any]] | None = None,
+        developer_role: bool = False,
         **kwargs,
     ):
         """Initialize the service.
@@ -60,6 +61,10 @@ class OpenAICompatibleLLMService(OpenAILLMService):
             read_timeout_s: Longest wait between streamed chunks.
             max_retries: Client retries of a failed request.
             ensure_server: Awaited before each request, e.g. to (re)start an embedded server.
+            developer_role: Whether the server accepts the ``developer`` message role that
+                Pipecat adds (for example after a user-turn timeout). Only OpenAI's own API
+                does; llama.cpp answers HTTP 500, and the message would poison every later
+                request of the session, so by default such messages are sent as ``user``.
             **kwargs: Passed to ``OpenAILLMService`` (``base_url``, ``api_key``, ``settings``).
         """
         self._timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
@@ -72,6 +77,7 @@ class OpenAICompatibleLLMService(OpenAILLMService):
         )
         self._discover_model = discover_model
         self._ensure_server = ensure_server
+        self.supports_developer_role = developer_role
 
     @property
     def thinking(self) -> bool | None:

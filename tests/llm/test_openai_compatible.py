@@ -175,3 +175,19 @@ async def test_dead_endpoint_fails_the_turn_fast_and_the_session_runs_on(fake_ll
     assert len(errors) == 2 and "Connection error" in errors[0].error
     assert time.monotonic() - started < 15
     assert sum(isinstance(f, LLMFullResponseEndFrame) for f in down) == 2
+
+
+@pytest.mark.parametrize(("preset", "role"), [("llamacpp", "user"), ("openai", "developer")])
+async def test_developer_messages_only_reach_servers_that_accept_them(fake_llm, preset, role):
+    # Pipecat adds a developer message after a user-turn timeout; llama.cpp rejects that role
+    # with HTTP 500 and the message would then break every later request of the session.
+    service = build_llm(preset, base_url=fake_llm.base_url, model="m", api_key="sk-x")
+    context = LLMContext(
+        messages=[
+            {"role": "user", "content": "Hi"},
+            {"role": "developer", "content": "The user went quiet."},
+        ]
+    )
+    await run_test(service, frames_to_send=[LLMContextFrame(context)])
+    roles = [m["role"] for m in fake_llm.requests[0]["messages"]]
+    assert "developer" not in roles if role == "user" else "developer" in roles
