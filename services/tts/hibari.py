@@ -23,6 +23,7 @@ from pipecat.utils.tracing.service_decorators import traced_tts
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
 from services.tts.aggregator import FirstClauseTextAggregator
+from services.tts.silence import trim_leading_silence
 
 try:
     import hibari
@@ -184,6 +185,9 @@ class HibariTTSService(TTSService):
             await self.start_tts_usage_metrics(text)
             speed = self._settings.speed if is_given(self._settings.speed) else 1.0
             parts = await asyncio.to_thread(self._synthesize, text, float(speed), stop)
+            if parts:
+                # Hibari opens each sentence with ~0.3 s of silence: pure latency.
+                parts[0] = trim_leading_silence(parts[0], HIBARI_SAMPLE_RATE)
             for part in parts:
                 audio = (np.clip(part, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
                 if self.sample_rate != HIBARI_SAMPLE_RATE:
