@@ -45,6 +45,7 @@ import time
 import urllib.error
 import urllib.request
 import wave
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -466,16 +467,32 @@ async def wait_idle(url: str, token: str | None, timeout: float = 30.0) -> None:
 
 
 async def find_max(
-    url: str, base: TrialConfig, speech: list[np.ndarray], *, start: int, limit: int, log=print
+    url: str,
+    base: TrialConfig,
+    speech: list[np.ndarray],
+    *,
+    start: int,
+    limit: int,
+    log=print,
+    restart: Callable[[], Awaitable[str]] | None = None,
 ) -> dict[str, Any]:
-    """Largest N with no drift: double from ``start`` until a failure, then bisect."""
+    """Largest N with no drift: double from ``start`` until a failure, then bisect.
+
+    ``restart`` (when the server is ours) gives a fresh server after a failed trial, so an
+    overloaded engine's backlog does not spill into the next trial; it returns the new URL.
+    """
     trials: list[dict] = []
+    current = url
 
     async def trial(n: int) -> bool:
-        await wait_idle(url, base.token)
+        nonlocal current
+        await wait_idle(current, base.token)
         cfg = TrialConfig(**(asdict(base) | {"streams": n}))
-        report = await run_trial(url, cfg, speech, log=log)
+        report = await run_trial(current, cfg, speech, log=log)
         trials.append(report)
+        if not report["ok"] and restart is not None:
+            log("restarting the server after a failed trial")
+            current = await restart()
         return report["ok"]
 
     good, bad, n = 0, None, start
@@ -590,6 +607,14 @@ class ServerProcess:
                     return
             time.sleep(0.5)
         raise TimeoutError("asr-server did not become ready")
+
+    def restart(self) -> str:
+        """Stop, start again on a new port, and return the new URL."""
+        self.stop()
+        self.port = free_port()
+        self.args[self.args.index("--port") + 1] = str(self.port)
+        self.start()
+        return self.url
 
     def stop(self) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -779,7 +804,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hw = hardware()
         if args.find_max:
-            report = asyncio.run(find_max(url, base, speech, start=args.start, limit=args.limit))
+            restart = (lambda: asyncio.to_thread(server.restart)) if server else None
+            report = asyncio.run(
+                find_max(url, base, speech, start=args.start, limit=args.limit, restart=restart)
+            )
             trials = report["trials"]
         else:
             report = asyncio.run(run_trial(url, base, speech))
