@@ -651,22 +651,26 @@ def write_png(report: dict[str, Any], path: Path) -> Path | None:
     finding = "max_streams_no_drift" in report
     fig, axes = plt.subplots(3 + finding, 1, figsize=(10, 10 + 3 * finding), squeeze=False)
     axes = axes[:, 0]
-    for trial in trials:
+    for i, trial in enumerate(trials):
         n = trial["config"]["streams"]
+        color = f"C{i % 10}"  # one color per trial in every panel
         tl = trial["timeline"]
-        axes[0].plot([p["t"] for p in tl], [p["p99"] for p in tl], label=f"N={n} p99")
+        times = [p["t"] for p in tl]
+        axes[0].plot(times, [p["p99"] for p in tl], color=color, label=f"N={n} p99")
         if not finding:
-            axes[0].plot([p["t"] for p in tl], [p["p50"] for p in tl], label=f"N={n} p50")
-            axes[0].plot([p["t"] for p in tl], [p["p95"] for p in tl], label=f"N={n} p95")
+            axes[0].plot(times, [p["p50"] for p in tl], color="C1", label=f"N={n} p50")
+            axes[0].plot(times, [p["p95"] for p in tl], color="C2", label=f"N={n} p95")
         ss = trial["server_samples"]
-        axes[1].plot([s["t"] for s in ss], [s["rss_mb"] for s in ss], label=f"N={n}")
+        stamps = [s["t"] for s in ss]
+        axes[1].plot(stamps, [s["rss_mb"] for s in ss], color=color, label=f"N={n}")
         axes[2].plot(
-            [s["t"] for s in ss], [s["step_p99_ms"] or 0 for s in ss], label=f"N={n} step p99"
+            stamps, [s["step_p99_ms"] or 0 for s in ss], color=color, label=f"N={n} step p99"
         )
         if any(s.get("chunk_p99_ms") for s in ss):
             axes[2].plot(
-                [s["t"] for s in ss],
+                stamps,
                 [s.get("chunk_p99_ms") or 0 for s in ss],
+                color=color,
                 ls="--",
                 label=f"N={n} chunk lag p99",
             )
