@@ -21,7 +21,7 @@ from pipecat.tests.utils import SleepFrame, run_test
 from agent.config import load_config
 from pipelines.registry import REGISTRIES, resolve
 from pipelines.voice import build_voice_pipeline
-from tests.support.openai_stub import ScriptedOpenAIServer
+from tests.support.openai_stub import FakeOpenAIServer
 
 # Backends that need nothing but packages installed by the test set-up. `local` starts llama.cpp
 # (covered by the end-to-end tests), `nemotron`/`remote`/`magpie` need a model or server fixture
@@ -103,7 +103,7 @@ def audio_frames(audio: np.ndarray, *, lead_s: float = 0.5, tail_s: float = 1.5)
 
 
 async def test_audio_in_speech_out_through_the_assembled_pipeline():
-    server = await ScriptedOpenAIServer(reply="Paris is the capital of France.").start()
+    server = await FakeOpenAIServer(chunks=["Paris is", " the capital", " of France."]).start()
     try:
         settings = settings_for("whisper", "hibari", "vllm", base_url=server.base_url)
         voice = await build_voice_pipeline(settings)

@@ -1,73 +1,89 @@
-"""A scripted OpenAI-compatible chat server on loopback (a stand-in for a real LLM server).
+"""A real local OpenAI-compatible server for tests (aiohttp, streaming SSE).
 
-It speaks the real protocol (``POST /v1/chat/completions`` with SSE streaming, ``GET /v1/models``)
-so the real OpenAI client and Pipecat's service run unchanged; only the words are scripted.
+It speaks ``GET /v1/models`` and ``POST /v1/chat/completions`` with ``stream: true`` the way vLLM,
+NIM and llama.cpp do, records every request (body and headers), and streams a scripted reply.
+It stands in for an LLM server: only the words are scripted, the protocol is the real one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 
 @dataclass
-class ScriptedOpenAIServer:
-    """Replies with ``reply`` word by word and records every request body."""
+class FakeOpenAIServer:
+    """A scripted OpenAI-compatible server.
 
-    reply: str = "The capital of France is Paris."
+    Parameters:
+        base_url: ``http://127.0.0.1:PORT/v1`` once started.
+        served_model: What ``/v1/models`` lists.
+        chunks: Content pieces streamed for each completion.
+        reasoning: ``reasoning_content`` pieces streamed first (vLLM's reasoning parser style).
+        requests: Bodies of received chat completion requests.
+        headers: Headers of received chat completion requests.
+    """
+
+    base_url: str = ""
+    served_model: str = "served/model-x"
+    chunks: list[str] = field(default_factory=lambda: ["Hello", " there."])
+    reasoning: list[str] = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)
-    port: int = 0
+    headers: list[dict] = field(default_factory=list)
+    model_lists: int = 0
     _runner: web.AppRunner | None = None
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    async def start(self) -> ScriptedOpenAIServer:
+    async def start(self) -> FakeOpenAIServer:
+        """Listen on a free loopback port and set :attr:`base_url`."""
         app = web.Application()
         app.router.add_get("/v1/models", self._models)
-        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/chat/completions", self._completions)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base_url = f"http://127.0.0.1:{port}/v1"
         return self
 
     async def stop(self) -> None:
-        if self._runner:
+        """Close the server."""
+        if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
 
     async def _models(self, _request: web.Request) -> web.Response:
+        self.model_lists += 1
         return web.json_response(
-            {"object": "list", "data": [{"id": "scripted", "object": "model"}]}
+            {"object": "list", "data": [{"id": self.served_model, "object": "model"}]}
         )
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
+        self.headers.append(dict(request.headers))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        words = self.reply.split(" ")
-        for index, word in enumerate(words):
-            text = word if index == 0 else " " + word
-            await response.write(self._chunk(body, {"content": text}, None))
-            await asyncio.sleep(0.005)
-        await response.write(self._chunk(body, {}, "stop"))
+        model = body.get("model", "")
+        await response.write(_chunk(model, {"role": "assistant", "content": ""}))
+        for piece in self.reasoning:
+            await response.write(_chunk(model, {"reasoning_content": piece}))
+        for piece in self.chunks:
+            await response.write(_chunk(model, {"content": piece}))
+        await response.write(_chunk(model, {}, finish="stop"))
         await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
         return response
 
-    @staticmethod
-    def _chunk(body: dict, delta: dict, finish: str | None) -> bytes:
-        chunk = {
-            "id": "chatcmpl-scripted",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": body.get("model", "scripted"),
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-        return f"data: {json.dumps(chunk)}\n\n".encode()
+
+def _chunk(model: str, delta: dict, finish: str | None = None) -> bytes:
+    body = {
+        "id": "chatcmpl-test",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(body)}\n\n".encode()
