@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Every GPU check of the ASR engine in one device run (~6-8 min on an H100/H200).
+#
+# Prepare on the build machine (no GPU needed):
+#   echo /.whl/ >> .git/info/exclude && bash ../shared/device/wheels.sh .whl
+# then run this script on the GPU machine with `.whl` carried along. It installs the wheels,
+# benchmarks the full Nemotron-0.6B shape (random weights: same compute as the trained model)
+# at 160 ms chunks, bf16, with and without CUDA graphs, against the buffered and NeMo-as-shipped
+# baselines measured in the same run, then at 560 ms. Results: JSON + PNG + tables under $OUT
+# (or bench_results/gpu).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:$PWD"
+else
+  export PYTHONPATH="$PWD"
+fi
+export PYTHONUNBUFFERED=1
+out="${OUT:-bench_results/gpu}"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+bench() {  # name, then bench_asr.py arguments
+  local name=$1; shift
+  echo "=== $name"
+  python3 scripts/bench_asr.py --arch nemotron-0.6b --device cuda --out "$out/$name" "$@" \
+    2>&1 | tee "$out/$name.log" | grep -vE "^\s*$" | tail -40
+}
+bench c160-bf16-graphs --dtype bf16 --chunk-ms 160 --cuda-graphs \
+  --batches 1,8,64,256,1024,2048,4096 --streams 4000 --seconds 20
+bench c160-bf16-eager --dtype bf16 --chunk-ms 160 --systems engine --batches 1,64,256,1024
+bench c560-bf16-graphs --dtype bf16 --chunk-ms 560 --cuda-graphs --systems engine \
+  --batches 1,256,1024,2048
