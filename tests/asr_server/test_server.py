@@ -273,3 +273,72 @@ async def test_shutdown_tells_clients_and_closes_1001(start_server):
     assert await wait_for(lambda: client.closed.is_set())
     assert client.close_code == P.CLOSE_GOING_AWAY
     assert client.last_error["code"] == P.E_SHUTTING_DOWN
+
+
+class StalledEngine:
+    """FAKE engine (named as such): takes audio but never finishes a final, as an engine that
+    has fallen far behind real time. A real overload cannot be produced on demand in a test."""
+
+    sample_rate = 16000
+
+    class Stream:
+        def __init__(self) -> None:
+            self.id = "stalled"
+            self.closed = asyncio.Event()
+
+        def push_audio(self, pcm) -> None:
+            pass
+
+        async def events(self):
+            await self.closed.wait()
+            return
+            yield
+
+        async def finalize(self):
+            await asyncio.Event().wait()
+
+        def reset(self) -> None:
+            pass
+
+        def close(self) -> None:
+            self.closed.set()
+
+    def open_stream(self, on_event=None):
+        return self.Stream()
+
+    def stats(self) -> dict:
+        return {"live_streams": 0}
+
+
+async def test_final_timeouts_shed_the_stream_and_refuse_new_ones():
+    from services.asr.server import ASRServer, ServerConfig
+
+    srv = ASRServer(
+        StalledEngine(),
+        ServerConfig(port=0, finalize_timeout=0.2, overload_hold_s=1.0, shed_after_timeouts=2),
+    )
+    await srv.start()
+    try:
+        events: list[dict] = []
+        client = ASRClient(srv.url, on_event=events.append)
+        await client.connect()
+        await client.send_audio(speechlike_pcm(0.2))
+        with pytest.raises(ASRServerError):
+            await client.finalize()
+        assert srv.overloaded
+        status, body = await http_get(f"http://127.0.0.1:{srv.port}/ready")
+        assert status == 503 and "overloaded" in json.loads(body)["reason"]
+        with pytest.raises(ASRRejectedError) as info:
+            await ASRClient(srv.url).connect()  # no new streams while behind
+        assert info.value.close_code == P.CLOSE_TRY_AGAIN_LATER
+        with pytest.raises((ASRServerError, ConnectionError)):
+            await client.finalize()  # the second timeout in a row sheds this stream
+        assert await wait_for(lambda: client.closed.is_set())
+        assert client.close_code == P.CLOSE_TRY_AGAIN_LATER
+        assert any(e.get("code") == P.E_OVERLOADED for e in events)
+        assert await wait_for(lambda: not srv.overloaded, timeout=3)
+        again = ASRClient(srv.url)
+        await again.connect()  # accepted again once the engine has had time to recover
+        await again.close()
+    finally:
+        await srv.stop()

@@ -41,6 +41,7 @@ E_BAD_MESSAGE = "bad_message"  # text that is not a JSON object of a known type
 E_UNSUPPORTED_FORMAT = "unsupported_format"  # start declared another rate/encoding/channels
 E_RATE_LIMITED = "rate_limited"  # audio faster than allowed, or too many text messages
 E_SERVER_FULL = "server_full"
+E_OVERLOADED = "overloaded"  # the engine is behind real time (finals time out)
 E_IDLE_TIMEOUT = "idle_timeout"
 E_ENGINE = "engine_error"
 E_SHUTTING_DOWN = "shutting_down"

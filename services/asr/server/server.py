@@ -55,7 +55,13 @@ class ServerConfig:
         max_errors: Protocol errors on one connection before it is closed with 1008.
         max_pending_events: Events queued for a slow reader before partials are dropped.
         max_inflight_finals: Finalize requests one connection may have pending at once.
-        finalize_timeout: Seconds to wait for the engine to finish a final.
+        finalize_timeout: Seconds to wait for the engine to finish a final. A timeout means
+            the engine is behind: the server reports itself overloaded (new connections get
+            1013, ``/ready`` 503) for ``overload_hold_s``, and a connection whose finals time
+            out ``shed_after_timeouts`` times in a row is closed with 1013, dropping its
+            backlog so the engine can recover.
+        overload_hold_s: How long one final timeout keeps the server in the overloaded state.
+        shed_after_timeouts: Consecutive final timeouts after which a connection is shed.
         ping_interval: Seconds between keepalive pings (a vanished peer is dropped after
             ``ping_interval + ping_timeout``; a closed socket is noticed at once).
         ping_timeout: Seconds to wait for a pong.
@@ -74,7 +80,9 @@ class ServerConfig:
     max_errors: int = 200
     max_pending_events: int = 256
     max_inflight_finals: int = 4
-    finalize_timeout: float = 10.0
+    finalize_timeout: float = 5.0
+    overload_hold_s: float = 10.0
+    shed_after_timeouts: int = 2
     ping_interval: float | None = 10.0
     ping_timeout: float | None = 10.0
 
@@ -142,6 +150,7 @@ class ASRServer:
         self._ids = itertools.count(1)
         self._started_at = time.time()
         self._stopping = False
+        self._overloaded_until = 0.0
 
     # ---- lifecycle ----
 
@@ -156,6 +165,17 @@ class ASRServer:
     def url(self) -> str:
         """``ws://host:port/v1/stream`` of this server."""
         return f"ws://{self.config.host}:{self.port}/v1/stream"
+
+    @property
+    def overloaded(self) -> bool:
+        """A final timed out within the last ``overload_hold_s`` seconds."""
+        return time.monotonic() < self._overloaded_until
+
+    def note_overload(self) -> None:
+        """The engine missed a final's deadline: refuse new streams for a while."""
+        if not self.overloaded:
+            logger.warning("ASR engine is behind (a final timed out): refusing new streams")
+        self._overloaded_until = time.monotonic() + self.config.overload_hold_s
 
     @property
     def live_streams(self) -> int:
@@ -265,6 +285,8 @@ class ASRServer:
             reason = "shutting down"
         if not reason and self.live_streams >= self.config.max_streams:
             reason = "all stream slots are in use"
+        if not reason and self.overloaded:
+            reason = "overloaded: the engine is behind real time"
         body = {"ready": not reason, "live_streams": self.live_streams}
         if reason:
             body["reason"] = reason
@@ -294,6 +316,15 @@ class ASRServer:
                 ws,
                 P.E_SERVER_FULL,
                 f"all {self.config.max_streams} stream slots are in use; try again later",
+                P.CLOSE_TRY_AGAIN_LATER,
+            )
+            return
+        if self.overloaded:
+            self.counters.rejected["overloaded"] += 1
+            await _refuse(
+                ws,
+                P.E_OVERLOADED,
+                "the ASR engine is behind real time; try again later",
                 P.CLOSE_TRY_AGAIN_LATER,
             )
             return
@@ -343,6 +374,7 @@ class _Connection:
         self.error_bucket = _TokenBucket(10.0, 20.0)  # error events sent, not errors counted
         self.started = False
         self.inflight_finals = 0
+        self.final_timeouts = 0
         self.tasks: set[asyncio.Task] = set()
         self.closing = False
         self.stream_closed = False
@@ -522,17 +554,35 @@ class _Connection:
         try:
             ev = await asyncio.wait_for(self.stream.finalize(), self.cfg.finalize_timeout)
         except Exception as exc:
-            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
+            timed_out = isinstance(exc, asyncio.TimeoutError)
+            reason = "timed out" if timed_out else str(exc)
             self.error(P.E_ENGINE, f"finalize failed: {reason}")
             self.send({**P.error_event(P.E_ENGINE, f"finalize failed: {reason}"), "id": ident})
+            if timed_out:
+                self._on_final_timeout()
             return
         finally:
             self.inflight_finals -= 1
+        self.final_timeouts = 0
         took = time.perf_counter() - requested
         self.server.counters.final_latency.append(took)
         if getattr(ev, "utterance", utterance) < self.utterance - 1:
             logger.debug("connection %d: final of an old utterance dropped", self.id)
         self.send(self._to_event("final", ev, id=ident, finalize_s=round(took, 4)))
+
+    def _on_final_timeout(self) -> None:
+        self.server.note_overload()
+        self.final_timeouts += 1
+        if self.final_timeouts >= self.cfg.shed_after_timeouts:
+            self.server.counters.errors[P.E_OVERLOADED] += 1
+            self.send(
+                P.error_event(
+                    P.E_OVERLOADED,
+                    "the ASR engine is behind real time; closing this stream, reconnect later",
+                    fatal=True,
+                )
+            )
+            self._close_soon(P.CLOSE_TRY_AGAIN_LATER, "overloaded")
 
     async def _forward_partials(self) -> None:
         try:
