@@ -8,22 +8,18 @@ own rate (22050 Hz for ``nvidia/magpie_tts_multilingual_357m``); the output tran
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from loguru import logger
-from pipecat.frames.frames import Frame, StartFrame, TTSAudioRawFrame
 from pipecat.services.settings import TTSSettings
-from pipecat.services.tts_service import TTSService
 from pipecat.transcriptions.language import Language, resolve_language
-from pipecat.utils.tracing.service_decorators import traced_tts
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
-from services.tts.aggregator import FirstClauseTextAggregator
+from services.tts.local_tts import LocalSentenceTTSService
 from services.tts.magpie_engine import (
     DEFAULT_MAGPIE_MODEL,
     MagpieEngine,
@@ -62,7 +58,7 @@ class MagpieTTSSettings(TTSSettings):
     cfg_scale: float | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
 
 
-class MagpieTTSService(TTSService):
+class MagpieTTSService(LocalSentenceTTSService):
     """Magpie TTS in-process, sentence by sentence, on a model shared by all sessions.
 
     Synthesis runs on the shared engine's worker thread. An interruption cancels the running
@@ -98,57 +94,29 @@ class MagpieTTSService(TTSService):
                 cfg_scale).
             **kwargs: Passed to ``TTSService`` (e.g. ``text_transforms``).
         """
-        default_settings = self.Settings(
-            model=model, voice="Aria", language=Language.EN, cfg_scale=None
-        )
-        if settings is not None:
-            default_settings.apply_update(settings)
-
-        # Whole-sentence synthesis can leave gaps of seconds between audio frames on a slow
-        # machine; the reply's end closes the context, so this is only a fallback.
-        kwargs.setdefault("stop_frame_timeout_s", 20.0)
         super().__init__(
-            push_start_frame=True,
-            push_stop_frames=True,
+            default_settings=self.Settings(
+                model=model, voice="Aria", language=Language.EN, cfg_scale=None
+            ),
+            settings=settings,
+            first_clause_min_chars=first_clause_min_chars,
             sample_rate=sample_rate,
-            settings=default_settings,
             **kwargs,
         )
         self._engine = engine or get_magpie_engine(model, device)
         self._frame_ms = frame_ms
-        self._load_task: asyncio.Task | None = None
-        self._text_aggregator = FirstClauseTextAggregator(
-            aggregation_type=self._text_aggregation_mode,
-            language=self._text_aggregator.language,
-            first_clause_min_chars=first_clause_min_chars,
-        )
 
     @property
     def engine(self) -> MagpieEngine:
         """The (shared) engine this service synthesizes with."""
         return self._engine
 
-    def can_generate_metrics(self) -> bool:
-        """Indicate that this service reports TTFB and usage metrics."""
-        return True
-
     def language_to_service_language(self, language: Language) -> str:
         """Convert a Language enum to a Magpie language code."""
         return language_to_magpie_language(language)
 
-    async def start(self, frame: StartFrame):
-        """Start loading the shared model in the background (off the event loop)."""
-        await super().start(frame)
-        self._load_task = self.create_task(self._load_in_background(), name="load")
-
-    async def cleanup(self):
-        """Stop a model load still running for this session (the shared load carries on)."""
-        if self._load_task is not None:
-            await self.cancel_task(self._load_task)
-            self._load_task = None
-        await super().cleanup()
-
-    async def _load_in_background(self):
+    async def _load(self) -> None:
+        """Load the shared model and check the voice, reporting any failure."""
         try:
             await self._ensure_ready()
             speaker_index(self._settings.voice, self._engine.num_speakers)
@@ -171,58 +139,30 @@ class MagpieTTSService(TTSService):
     def _pcm(self, audio: np.ndarray) -> bytes:
         return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
-    @traced_tts
-    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
-        """Synthesize one sentence and yield its audio in ``frame_ms`` frames.
-
-        Args:
-            text: The sentence (or first clause) to speak.
-            context_id: The audio context of the current reply.
-
-        Yields:
-            ``TTSAudioRawFrame`` objects at the model's sample rate.
-        """
-        cancel = threading.Event()
+    async def _sentence_audio(self, text: str, stop: threading.Event) -> AsyncIterator[bytes]:
+        """Yield the sentence's audio in ``frame_ms`` pieces, at the model's rate."""
+        await self._ensure_ready()
+        speaker = speaker_index(self._settings.voice, self._engine.num_speakers)
+        language = self._settings.language if is_given(self._settings.language) else "en"
+        cfg_scale = self._settings.cfg_scale if is_given(self._settings.cfg_scale) else None
+        await self.start_tts_usage_metrics(text)
         try:
-            await self._ensure_ready()
-            speaker = speaker_index(self._settings.voice, self._engine.num_speakers)
-            language = self._settings.language if is_given(self._settings.language) else "en"
-            cfg_scale = self._settings.cfg_scale if is_given(self._settings.cfg_scale) else None
-            await self.start_tts_usage_metrics(text)
             result = await self._engine.synthesize(
                 text,
                 language=str(language or "en"),
                 speaker=speaker,
                 cfg_scale=cfg_scale,
-                cancel=cancel,
+                cancel=stop,
             )
-            audio = self._pcm(result.audio)
-            if result.sample_rate != self.sample_rate:
-                audio = await self._resampler.resample(audio, result.sample_rate, self.sample_rate)
-            await self.stop_ttfb_metrics()
-            logger.debug(
-                f"{self}: {len(audio) / 2 / self.sample_rate:.2f} s of audio in "
-                f"{result.seconds:.2f} s [{text}]"
-            )
-            step = max(2, int(self.sample_rate * self._frame_ms / 1000) * 2)
-            for start in range(0, len(audio), step):
-                yield TTSAudioRawFrame(
-                    audio=audio[start : start + step],
-                    sample_rate=self.sample_rate,
-                    num_channels=1,
-                    context_id=context_id,
-                )
-        except asyncio.CancelledError:
-            cancel.set()
-            raise
         except SynthesisCancelled:
             logger.debug(f"{self}: synthesis cancelled [{text}]")
-        except Exception as e:
-            await self.push_error(
-                error_msg=f"{self}: synthesis failed for [{text}]: {e}", exception=e
-            )
-            # Close the reply's audio context now rather than after the silence timeout.
-            if self.audio_context_available(context_id):
-                await self.remove_audio_context(context_id)
-        finally:
-            cancel.set()
+            return
+        audio = await self._at_output_rate(self._pcm(result.audio), result.sample_rate)
+        await self.stop_ttfb_metrics()
+        logger.debug(
+            f"{self}: {len(audio) / 2 / self.sample_rate:.2f} s of audio in "
+            f"{result.seconds:.2f} s [{text}]"
+        )
+        step = max(2, int(self.sample_rate * self._frame_ms / 1000) * 2)
+        for start in range(0, len(audio), step):
+            yield audio[start : start + step]

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
-from pipecat.frames.frames import Frame, StartFrame, TTSAudioRawFrame
 from pipecat.services.settings import TTSSettings
-from pipecat.services.tts_service import TTSService
 from pipecat.transcriptions.language import Language
-from pipecat.utils.tracing.service_decorators import traced_tts
 
-from services.tts.aggregator import FirstClauseTextAggregator
+from services.tts.local_tts import LocalSentenceTTSService
 
 try:
     from piper import PiperVoice
@@ -84,7 +81,7 @@ class PiperTTSSettings(TTSSettings):
     """Settings for PiperTTSService."""
 
 
-class PiperTTSService(TTSService):
+class PiperTTSService(LocalSentenceTTSService):
     """Piper TTS on CPU, one sentence per synthesis, off the event loop."""
 
     Settings = PiperTTSSettings
@@ -109,50 +106,23 @@ class PiperTTSService(TTSService):
             settings: Runtime-updatable settings (voice: a name or an ``.onnx`` path).
             **kwargs: Passed to ``TTSService`` (e.g. ``text_transforms``).
         """
-        default_settings = self.Settings(model=None, voice=DEFAULT_PIPER_VOICE, language=None)
-        if settings is not None:
-            default_settings.apply_update(settings)
-        # Whole-sentence synthesis can leave gaps of seconds between audio frames on a slow
-        # machine; the reply's end closes the context, so this is only a fallback.
-        kwargs.setdefault("stop_frame_timeout_s", 20.0)
         super().__init__(
-            push_start_frame=True,
-            push_stop_frames=True,
-            sample_rate=sample_rate,
-            settings=default_settings,
-            **kwargs,
-        )
-        self._load_task: asyncio.Task | None = None
-        self._text_aggregator = FirstClauseTextAggregator(
-            aggregation_type=self._text_aggregation_mode,
-            language=self._text_aggregator.language,
+            default_settings=self.Settings(model=None, voice=DEFAULT_PIPER_VOICE, language=None),
+            settings=settings,
             first_clause_min_chars=first_clause_min_chars,
+            sample_rate=sample_rate,
+            **kwargs,
         )
         self._voice_dir = voice_dir
         self._voice_path = resolve_piper_voice(str(self._settings.voice or ""), voice_dir)
         self._voice: Any = None
 
-    def can_generate_metrics(self) -> bool:
-        """Indicate that this service reports TTFB and usage metrics."""
-        return True
-
     def language_to_service_language(self, language: Language) -> str:
         """A Piper voice speaks one language; the code is informational."""
         return str(language.value)
 
-    async def start(self, frame: StartFrame):
-        """Start loading the shared voice in the background; its rate becomes the output rate."""
-        await super().start(frame)
-        self._load_task = self.create_task(self._load_voice(), name="load")
-
-    async def cleanup(self):
-        """Stop a model load still running for this session (the shared load carries on)."""
-        if self._load_task is not None:
-            await self.cancel_task(self._load_task)
-            self._load_task = None
-        await super().cleanup()
-
-    async def _load_voice(self):
+    async def _load(self) -> None:
+        """Load the shared voice off the event loop; its rate becomes the output rate."""
         try:
             self._voice = await asyncio.to_thread(load_piper_voice, self._voice_path)
         except Exception as e:
@@ -172,7 +142,7 @@ class PiperTTSService(TTSService):
             except FileNotFoundError as e:
                 await self.push_error(error_msg=f"{self}: {e}", exception=e)
                 return changed
-            await self._load_voice()
+            await self._load()
         return changed
 
     def _synthesize(self, text: str, stop: threading.Event) -> list[tuple[bytes, int]]:
@@ -183,39 +153,11 @@ class PiperTTSService(TTSService):
             chunks.append((chunk.audio_int16_bytes, chunk.sample_rate))
         return chunks
 
-    @traced_tts
-    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
-        """Synthesize one sentence and yield its audio.
-
-        Args:
-            text: The sentence to speak.
-            context_id: The audio context of the current reply.
-
-        Yields:
-            ``TTSAudioRawFrame`` objects at the voice's rate (or the configured one).
-        """
-        stop = threading.Event()
-        try:
-            if self._voice is None:
-                await self._load_voice()
-            await self.start_tts_usage_metrics(text)
-            chunks = await asyncio.to_thread(self._synthesize, text, stop)
-            for audio, rate in chunks:
-                if rate != self.sample_rate:
-                    audio = await self._resampler.resample(audio, rate, self.sample_rate)
-                await self.stop_ttfb_metrics()
-                yield TTSAudioRawFrame(
-                    audio=audio, sample_rate=self.sample_rate, num_channels=1, context_id=context_id
-                )
-        except asyncio.CancelledError:
-            stop.set()
-            raise
-        except Exception as e:
-            await self.push_error(
-                error_msg=f"{self}: synthesis failed for [{text}]: {e}", exception=e
-            )
-            # Close the reply's audio context now rather than after the silence timeout.
-            if self.audio_context_available(context_id):
-                await self.remove_audio_context(context_id)
-        finally:
-            stop.set()
+    async def _sentence_audio(self, text: str, stop: threading.Event) -> AsyncIterator[bytes]:
+        """Yield the sentence's audio chunk by chunk, at the voice's (or the configured) rate."""
+        if self._voice is None:
+            await self._load()
+        await self.start_tts_usage_metrics(text)
+        chunks = await asyncio.to_thread(self._synthesize, text, stop)
+        for audio, rate in chunks:
+            yield await self._at_output_rate(audio, rate)
