@@ -229,4 +229,7 @@ def _register_extra_commands() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Subcommands register on the importable agent.cli, not on this __main__ copy.
+    from agent.cli import main as _main
+
+    sys.exit(_main())

@@ -336,3 +336,24 @@ def test_on_event_runs_on_scheduler_thread(make_engine):
     stream.finalize_sync(30)
     wait_until(lambda: bool(threads), what="a partial")
     assert threads == {"asr-engine"}
+
+
+def test_a_stream_behind_real_time_is_refused_not_queued_without_bound(make_engine):
+    # An overloaded engine must not buffer audio forever (memory grows until the process is
+    # killed); past max_backlog_s the push fails with a clear error and other work goes on.
+    from services.asr.engine import EngineOverloadedError
+
+    engine = make_engine(max_backlog_s=0.5)
+    stream = engine.open_stream()
+    second = babble(1.0, seed=7)[:16000]
+    with engine._tick_lock:  # hold the scheduler: nothing is encoded meanwhile
+        stream.push_audio(second[:4000])  # 0.25 s: within the bound
+        with pytest.raises(EngineOverloadedError, match="behind real time"):
+            stream.push_audio(second[4000:])  # would be 1 s behind
+    assert engine.stats()["overloaded_pushes"] == 1
+    # Once the engine catches up the same stream is served again.
+    wait_until(lambda: stream._state.mel_pos > 0, what="the backlog to be encoded")
+    stream.push_audio(second[4000:8000])
+    final = stream.finalize_sync(timeout=30)
+    assert final.is_final and final.audio_end_s > 0.4
+    stream.close()

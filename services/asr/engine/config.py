@@ -39,6 +39,10 @@ class EngineConfig:
             garbage collector's reach with ``gc.freeze()``. Otherwise a full collection walks
             millions of objects and stalls every thread, the asyncio loop included, for
             100-500 ms. Process-wide; harmless for code loaded later.
+        max_backlog_s: audio a stream may have pushed but not yet encoded. Beyond it the engine
+            is behind real time and ``push_audio`` raises ``EngineOverloadedError`` instead of
+            queueing without bound (an overloaded engine otherwise grows memory until the
+            process is killed, and every stream's lag with it).
     """
 
     model: str = DEFAULT_MODEL
@@ -52,6 +56,7 @@ class EngineConfig:
     warmup: bool = True
     max_utterance_chars: int = 20_000
     freeze_gc: bool = True
+    max_backlog_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -72,6 +77,9 @@ class EngineConfig:
         for name in ("cuda_graphs", "warmup", "freeze_gc"):
             if not isinstance(getattr(self, name), bool):
                 raise _invalid(name, getattr(self, name), (True, False))
+        backlog = self.max_backlog_s
+        if isinstance(backlog, bool) or not isinstance(backlog, int | float) or backlog <= 0:
+            raise _invalid("max_backlog_s", backlog, "a number of seconds > 0")
         buckets = tuple(self.batch_buckets)
         if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets) or list(
             buckets

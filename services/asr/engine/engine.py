@@ -42,6 +42,10 @@ class EngineFullError(RuntimeError):
     """``open_stream`` was called with ``max_streams`` streams already open."""
 
 
+class EngineOverloadedError(RuntimeError):
+    """A stream is further behind real time than ``max_backlog_s``: its audio was refused."""
+
+
 class StreamClosedError(RuntimeError):
     """The stream (or its engine) is closed."""
 
@@ -239,6 +243,9 @@ class ASREngine:
         )
         self._detok = model.decoding.decode_tokens_to_str_with_strip_punctuation
         self._first_need = self._runner.features.samples_needed(self._runner.chunk_first)
+        self._hop = self._runner.features.hop
+        self._max_backlog_samples = int(self.config.max_backlog_s * SAMPLE_RATE)
+        self._overloaded_pushes = 0
         # Guards the stream registry and the counters only; never held during model work.
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -339,6 +346,7 @@ class ASREngine:
             "slot_capacity": self._pool.capacity,
             "slot_pool_bytes": self._pool.nbytes(),
             "pending_finals": pending,
+            "overloaded_pushes": self._overloaded_pushes,
             "steps_run": steps,
             "encoder_calls": calls,
             "recent_batch_sizes": batches[-32:],
@@ -374,6 +382,15 @@ class ASREngine:
                 raise StreamClosedError(f"stream {state.id} is closed")
             if not samples.size:
                 return
+            # mel_pos is advanced by the scheduler thread; a stale read only delays the check.
+            backlog = state.pushed - state.mel_pos * self._hop
+            if backlog + samples.size > self._max_backlog_samples:
+                self._overloaded_pushes += 1
+                raise EngineOverloadedError(
+                    f"stream {state.id} is {backlog / SAMPLE_RATE:.1f} s behind real time "
+                    f"(max_backlog_s={self.config.max_backlog_s}): the engine is overloaded; "
+                    "send fewer streams to this engine or give it a faster device"
+                )
             state.inbox.append((samples, now))
             state.pushed += samples.size
             wake = state.pushed >= state.next_needed

@@ -494,7 +494,15 @@ class _Connection:
         try:
             self.stream.push_audio(data)
         except Exception as exc:
-            self.error(P.E_ENGINE, f"engine rejected audio: {exc}")
+            if type(exc).__name__ != "EngineOverloadedError":
+                self.error(P.E_ENGINE, f"engine rejected audio: {exc}")
+                return
+            # Behind real time by more than the engine's backlog bound: shed this stream so
+            # the others keep up, and tell the client to come back later.
+            self.server.note_overload()
+            self.server.counters.errors[P.E_OVERLOADED] += 1
+            self.send(P.error_event(P.E_OVERLOADED, str(exc), fatal=True))
+            self._close_soon(P.CLOSE_TRY_AGAIN_LATER, "overloaded")
             return
         self.received_samples += len(data) // 2
         self.server.counters.audio_seconds += len(data) / P.BYTES_PER_SECOND
