@@ -9,7 +9,6 @@ import pytest
 from pipecat.frames.frames import (
     ErrorFrame,
     InterruptionFrame,
-    LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
     MetricsFrame,
@@ -23,16 +22,9 @@ from pipecat.tests.utils import SleepFrame, run_test
 
 from agent.config import load_config
 from pipelines.registry import resolve
+from tests.tts.llm_frames import reply
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def reply(*texts: str) -> list:
-    return [
-        LLMFullResponseStartFrame(),
-        *[LLMTextFrame(t) for t in texts],
-        LLMFullResponseEndFrame(),
-    ]
 
 
 def tts_settings(backend: str, **env: str):

@@ -35,17 +35,9 @@ from pipecat.tests.utils import SleepFrame, run_test
 from services.tts.magpie import MagpieTTSService
 from services.tts.magpie_engine import MagpieEngine, get_magpie_engine, speaker_index
 from services.tts.speakable import speakable_transforms
+from tests.tts.llm_frames import reply
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def reply(*texts: str) -> list:
-    """The frames an LLM produces for one reply."""
-    return [
-        LLMFullResponseStartFrame(),
-        *[LLMTextFrame(t) for t in texts],
-        LLMFullResponseEndFrame(),
-    ]
 
 
 def audio_of(frames) -> list[TTSAudioRawFrame]:

@@ -30,16 +30,9 @@ from pipecat.tests.utils import SleepFrame, run_test
 from agent.config import load_config
 from pipelines.backends.tts_magpie_nim import nim_language, nim_voice
 from pipelines.registry import resolve
+from tests.tts.llm_frames import reply
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def reply(*texts: str) -> list:
-    return [
-        LLMFullResponseStartFrame(),
-        *[LLMTextFrame(t) for t in texts],
-        LLMFullResponseEndFrame(),
-    ]
 
 
 class FakeMagpieNim(rtts_grpc.RivaSpeechSynthesisServicer):
