@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -41,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.asr.engine import ASREngine, EngineConfig  # noqa: E402
-from services.asr.engine.arch import ARCHS, build_model  # noqa: E402
+from services.asr.engine.arch import ARCHS, babble, build_model  # noqa: E402
 from services.asr.engine.engine import _on_device  # noqa: E402
 from services.asr.engine.loader import configure_for_streaming, load_asr_model  # noqa: E402
 from services.asr.engine.runner import ModelRunner  # noqa: E402
@@ -55,22 +56,8 @@ logger = logging.getLogger("bench_asr")
 
 
 def speechlike(seconds: float, seed: int) -> np.ndarray:
-    """Deterministic speech-like audio: voiced 100 ms bursts and pauses (float32, 16 kHz)."""
-    rng = np.random.default_rng(seed)
-    n = SR // 10
-    t = np.arange(n) / SR
-    parts = []
-    for _ in range(int(np.ceil(seconds * 10))):
-        if rng.random() < 0.2:
-            parts.append(np.zeros(n))
-            continue
-        f0 = rng.uniform(80, 300)
-        sig = sum(
-            rng.uniform(0.1, 1) / k * np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6))
-            for k in range(1, 12)
-        )
-        parts.append((sig + rng.normal(0, 0.1, n)) * np.hanning(n) * rng.uniform(0.05, 0.5))
-    return np.concatenate(parts)[: int(seconds * SR)].astype(np.float32)
+    """Exactly ``seconds`` of the tests' speech-like audio (float32, 16 kHz)."""
+    return babble(math.ceil(seconds * 10) / 10, seed)[: int(seconds * SR)]
 
 
 def pct(values: list[float], q: float) -> float | None:

@@ -42,8 +42,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import wave
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -56,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from services.asr.server.client import ASRClient  # noqa: E402
+from services.asr.server.client import ASRClient, http_get  # noqa: E402
 
 SAMPLE_RATE = 16000
 CACHE_DIR = Path(os.environ.get("VOICE_AGENT_CACHE", "~/.cache/voice-agent")).expanduser()
@@ -272,17 +270,6 @@ async def _client(
     return stats
 
 
-def _http_get(url: str, token: str | None = None, timeout: float = 5.0) -> tuple[int, str]:
-    request = urllib.request.Request(url)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
-
-
 def parse_metrics(text: str) -> dict[str, float]:
     """Prometheus text -> {name{labels}: value} (enough for our own server's output)."""
     found: dict[str, float] = {}
@@ -307,7 +294,7 @@ async def _poll_metrics(
     base = http_base(url)
     while not stop.is_set():
         try:
-            status, text = await asyncio.to_thread(_http_get, f"{base}/metrics", token)
+            status, text = await asyncio.to_thread(http_get, f"{base}/metrics", token, 5.0)
             if status == 200:
                 m = parse_metrics(text)
                 out.append(
@@ -460,7 +447,7 @@ async def wait_idle(url: str, token: str | None, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
-            status, text = await asyncio.to_thread(_http_get, f"{base}/metrics", token)
+            status, text = await asyncio.to_thread(http_get, f"{base}/metrics", token, 5.0)
             if status == 200 and parse_metrics(text).get("asr_streams_live", 1) == 0:
                 return
         await asyncio.sleep(0.5)
@@ -603,7 +590,7 @@ class ServerProcess:
                     f"asr-server exited with {self.proc.returncode} (see {self.log_path})"
                 )
             with contextlib.suppress(OSError):
-                if _http_get(f"http://127.0.0.1:{self.port}/ready", timeout=1)[0] == 200:
+                if http_get(f"http://127.0.0.1:{self.port}/ready", timeout=1)[0] == 200:
                     return
             time.sleep(0.5)
         raise TimeoutError("asr-server did not become ready")

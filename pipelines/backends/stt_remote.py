@@ -7,8 +7,6 @@ serves many bot processes. Frames and metrics are those of the in-process backen
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,15 +37,10 @@ def build(settings: AgentSettings) -> RemoteNemotronSTTService:
     return RemoteNemotronSTTService(url=settings.stt.server_url, token=_token(settings))
 
 
-def _get(url: str, token: str | None = None, timeout: float = 3.0) -> tuple[int, str]:
-    request = urllib.request.Request(url)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
+def _get(url: str, token: str | None = None) -> tuple[int, str]:
+    from services.asr.server.client import http_get
+
+    return http_get(url, token)
 
 
 def prewarm(settings: AgentSettings) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from services.asr.engine import ASREngine, EngineConfig
-from services.asr.engine.arch import build_model
+from services.asr.engine.arch import babble, build_model  # noqa: F401 (babble: re-exported)
 
 SR = 16000
 
@@ -18,26 +18,6 @@ SR = 16000
 # spin-wait on each other and make tiny-model steps 10-50x slower. The engine itself never
 # changes process-wide torch settings.
 torch.set_num_threads(1)
-
-
-def babble(seconds: float, seed: int) -> np.ndarray:
-    """Deterministic speech-like audio: voiced 100 ms bursts with pauses (float32, 16 kHz)."""
-    rng = np.random.default_rng(seed)
-    parts = []
-    n = SR // 10
-    t = np.arange(n) / SR
-    for _ in range(int(round(seconds * 10))):
-        if rng.random() < 0.2:
-            parts.append(np.zeros(n))
-            continue
-        f0 = rng.uniform(80, 300)
-        sig = sum(
-            rng.uniform(0.1, 1) / k * np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6))
-            for k in range(1, 12)
-        )
-        sig = sig + rng.normal(0, rng.uniform(0, 0.5), n)
-        parts.append(sig * np.hanning(n) * rng.uniform(0.05, 0.5))
-    return np.concatenate(parts).astype(np.float32)
 
 
 @pytest.fixture(scope="session")

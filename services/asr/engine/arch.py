@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import string
 
+import numpy as np
+
+SAMPLE_RATE = 16000
+
 ARCHS = ("tiny", "nemotron-0.6b")
 
 _TINY_LABELS = list(" " + string.ascii_lowercase + "'")
@@ -144,3 +148,28 @@ def build_model(arch: str = "tiny", seed: int = 0, blank_bias: float | None = No
         with torch.no_grad():
             model.joint.joint_net[-1].bias[model.decoder.blank_idx] = blank_bias
     return model.eval()
+
+
+def babble(seconds: float, seed: int) -> np.ndarray:
+    """Deterministic speech-like audio for tests and benchmarks (float32, 16 kHz).
+
+    Voiced 100 ms bursts (random pitch, 11 harmonics, noise) and pauses; ``round(seconds * 10)``
+    bursts in all. Random-weight models give garbage text for real speech anyway, so this only
+    has to exercise the features and the encoder like speech does.
+    """
+    rng = np.random.default_rng(seed)
+    parts = []
+    n = SAMPLE_RATE // 10
+    t = np.arange(n) / SAMPLE_RATE
+    for _ in range(int(round(seconds * 10))):
+        if rng.random() < 0.2:
+            parts.append(np.zeros(n))
+            continue
+        f0 = rng.uniform(80, 300)
+        sig = sum(
+            rng.uniform(0.1, 1) / k * np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6))
+            for k in range(1, 12)
+        )
+        sig = sig + rng.normal(0, rng.uniform(0, 0.5), n)
+        parts.append(sig * np.hanning(n) * rng.uniform(0.05, 0.5))
+    return np.concatenate(parts).astype(np.float32)

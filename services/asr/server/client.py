@@ -11,6 +11,8 @@ import contextlib
 import inspect
 import itertools
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +22,23 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from . import protocol as P
 
 EventHandler = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+def http_get(url: str, token: str | None = None, timeout: float = 3.0) -> tuple[int, str]:
+    """GET one of the server's HTTP routes (``/ready``, ``/metrics``); blocking.
+
+    Returns:
+        ``(status, body)``; an HTTP error status is returned, not raised. Connection errors raise
+        ``OSError``.
+    """
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
 
 
 class ASRServerError(RuntimeError):
