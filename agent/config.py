@@ -160,14 +160,11 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         # extra_body is a free-form dict: keep it as one leaf.
-        if isinstance(value, Mapping) and dotted in SECTION_NAMES_WITH_DOT:
+        if isinstance(value, Mapping) and dotted in SECTIONS:
             flat.update(_flatten(value, f"{dotted}."))
         else:
             flat[dotted] = value
     return flat
-
-
-SECTION_NAMES_WITH_DOT = set(SECTIONS)
 
 
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
