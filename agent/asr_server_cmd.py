@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import ipaddress
 import os
 import signal
 import time
 
 from agent.cli import EXTRA_COMMANDS, _add_config_options, resolve
+from agent.logs import setup_logging
 
 TOKEN_ENV = "VOICE_AGENT_ASR_TOKEN"
 
@@ -78,6 +80,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch intra-op threads (CPU serving; 1 is best on small shared machines)",
     )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the engine in the server's process (default: its own process, so the "
+        "network loop and the model never wait for each other)",
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -103,9 +111,9 @@ def handler(args: argparse.Namespace) -> int:
     """Load the engine, serve until SIGINT/SIGTERM, then close every stream cleanly."""
     from loguru import logger
 
-    from agent.logs import setup_logging
-    from services.asr.engine import EngineConfig, get_engine
-    from services.asr.server import ASRServer, ServerConfig
+    from services.asr.engine import EngineConfig
+    from services.asr.engine.process import EngineProcessError
+    from services.asr.server import ServerConfig
 
     resolved = resolve(args)
     settings = resolved.settings
@@ -140,17 +148,6 @@ def handler(args: argparse.Namespace) -> int:
         # bf16 is the GPU default; on a CPU it is slower than fp32.
         engine_kwargs["dtype"] = "fp32"
     config = EngineConfig(**engine_kwargs)
-    if args.torch_threads:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
-    logger.info(
-        f"Loading ASR engine {config.model} on {config.device} ({config.dtype}, "
-        f"{config.chunk_ms} ms chunks)..."
-    )
-    started = time.perf_counter()
-    engine = get_engine(config)
-    logger.info(f"ASR engine ready in {time.perf_counter() - started:.1f} s")
     server_config = ServerConfig(
         host=args.asr_host,
         port=args.asr_port,
@@ -160,28 +157,60 @@ def handler(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         max_audio_rate=args.max_audio_rate,
     )
+    where = "in this process" if args.in_process else "in its own process"
+    logger.info(
+        f"Loading ASR engine {config.model} on {config.device} ({config.dtype}, "
+        f"{config.chunk_ms} ms chunks) {where}..."
+    )
     try:
-        asyncio.run(_serve(ASRServer(engine, server_config)))
-    finally:
-        engine.shutdown()
-    return 0
+        return asyncio.run(_serve(args, config, server_config, settings.log_level))
+    except EngineProcessError as exc:
+        logger.error(f"{exc}. Check the model path or id and the device (voice-agent doctor).")
+        return 1
 
 
-async def _serve(server) -> None:
+async def _serve(args, config, server_config, log_level: str) -> int:
     from loguru import logger
 
+    from services.asr.engine import EngineProcess, get_engine
+    from services.asr.server import ASRServer
+
+    started = time.perf_counter()
+    if args.in_process:
+        if args.torch_threads:
+            import torch
+
+            torch.set_num_threads(args.torch_threads)
+        loop = asyncio.get_running_loop()
+        engine = await loop.run_in_executor(None, get_engine, config)
+    else:
+        engine = EngineProcess(
+            config,
+            torch_threads=args.torch_threads,
+            init=functools.partial(setup_logging, log_level),
+        )
+        await engine.start()
+    logger.info(f"ASR engine ready in {time.perf_counter() - started:.1f} s")
+    server = ASRServer(engine, server_config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    logger.info(
-        f"ASR server ready: ws://{server.config.host}:{server.port}/v1/stream "
-        f"(health http://{server.config.host}:{server.port}/health)"
-    )
-    await stop.wait()
-    logger.info("Shutting down the ASR server...")
-    await server.stop()
+    try:
+        await server.start()
+        logger.info(
+            f"ASR server ready: ws://{server.config.host}:{server.port}/v1/stream "
+            f"(health http://{server.config.host}:{server.port}/health)"
+        )
+        await stop.wait()
+        logger.info("Shutting down the ASR server...")
+        await server.stop()
+    finally:
+        if args.in_process:
+            engine.shutdown()
+        else:
+            await engine.aclose()
+    return 0
 
 
 EXTRA_COMMANDS["asr-server"] = (configure_parser, handler)

@@ -300,7 +300,15 @@ async def _poll_metrics(
                 out.append(
                     {
                         "t": round(time.perf_counter() - t0, 2),
-                        "rss_mb": round(m.get("process_resident_memory_bytes", 0) / 2**20, 1),
+                        # The server with its engine process (older servers: one process).
+                        "rss_mb": round(
+                            m.get(
+                                "asr_server_resident_memory_bytes",
+                                m.get("process_resident_memory_bytes", 0),
+                            )
+                            / 2**20,
+                            1,
+                        ),
                         "live_streams": m.get("asr_streams_live"),
                         "batch_mean": m.get("asr_engine_recent_batch_sizes_mean"),
                         "step_p50_ms": m.get("asr_engine_step_latency_ms_p50"),

@@ -9,31 +9,40 @@ Usage::
         ...
     final = await stream.finalize()       # speculative final; stream.reset() to accept it
     stream.close()
+
+``EngineProcess`` runs the same engine in a child process behind the same interface.
+
+Names are imported on first use: a process that only talks to an engine in another process
+(the ASR server's front end) never imports torch or NeMo.
 """
 
-from .config import DEFAULT_MODEL, EngineConfig
-from .engine import (
-    SAMPLE_RATE,
-    ASREngine,
-    ASRStream,
-    EngineFullError,
-    EngineOverloadedError,
-    StreamClosedError,
-    TranscriptEvent,
-    get_engine,
-)
-from .loader import ModelLoadError
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "SAMPLE_RATE",
-    "ASREngine",
-    "ASRStream",
-    "EngineConfig",
-    "EngineFullError",
-    "EngineOverloadedError",
-    "ModelLoadError",
-    "StreamClosedError",
-    "TranscriptEvent",
-    "get_engine",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DEFAULT_MODEL": ".config",
+    "EngineConfig": ".config",
+    "SAMPLE_RATE": ".events",
+    "EngineFullError": ".events",
+    "EngineOverloadedError": ".events",
+    "StreamClosedError": ".events",
+    "TranscriptEvent": ".events",
+    "ASREngine": ".engine",
+    "ASRStream": ".engine",
+    "get_engine": ".engine",
+    "ModelLoadError": ".loader",
+    "EngineProcess": ".process",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

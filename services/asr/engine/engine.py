@@ -20,13 +20,20 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .config import EngineConfig
+from .events import (
+    SAMPLE_RATE,
+    EngineFullError,
+    EngineOverloadedError,
+    StreamClosedError,
+    TranscriptEvent,
+    to_float32,
+)
 from .loader import configure_for_streaming, load_asr_model
 from .runner import FIRST, LATER, ModelRunner
 from .scheduler import Scheduler, TickPlan
@@ -34,69 +41,6 @@ from .slots import SlotPool
 from .state import RESET, FinalRequest, StreamState, TextState
 
 logger = logging.getLogger(__name__)
-
-SAMPLE_RATE = 16000
-
-
-class EngineFullError(RuntimeError):
-    """``open_stream`` was called with ``max_streams`` streams already open."""
-
-
-class EngineOverloadedError(RuntimeError):
-    """A stream is further behind real time than ``max_backlog_s``: its audio was refused."""
-
-
-class StreamClosedError(RuntimeError):
-    """The stream (or its engine) is closed."""
-
-
-@dataclass(frozen=True)
-class TranscriptEvent:
-    """A transcript of the current utterance of one stream.
-
-    Attributes:
-        stream_id: the stream's id.
-        text: the whole current utterance so far (not a delta).
-        is_final: True for the result of ``finalize``.
-        audio_start_s: start of the audio covered, seconds on the stream clock (0 = open/reset).
-        audio_end_s: end of the audio covered, seconds on the stream clock.
-        latency_s: finals: finalize request -> result; partials: the chunk's audio complete ->
-            event; None when unknown.
-        utterance: index of the utterance (0 at open, +1 per ``reset``).
-    """
-
-    stream_id: str
-    text: str
-    is_final: bool
-    audio_start_s: float
-    audio_end_s: float
-    latency_s: float | None
-    utterance: int
-
-
-def to_float32(pcm: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
-    """Convert pushed audio to float32 samples in [-1, 1].
-
-    Args:
-        pcm: int16 little-endian mono bytes, or a 1-D float32/float64/int16 array.
-
-    Raises:
-        ValueError: odd byte length, wrong dimensions, dtype or type.
-    """
-    if isinstance(pcm, (bytes, bytearray, memoryview)):
-        raw = memoryview(pcm).cast("B")
-        if raw.nbytes % 2:
-            raise ValueError(f"PCM bytes must be int16 (even length), got {raw.nbytes} bytes")
-        return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
-    if isinstance(pcm, np.ndarray):
-        if pcm.ndim != 1:
-            raise ValueError(f"audio array must be 1-D (mono), got shape {pcm.shape}")
-        if pcm.dtype == np.int16:
-            return pcm.astype(np.float32) / 32768.0
-        if pcm.dtype in (np.float32, np.float64):
-            return pcm.astype(np.float32)  # a copy: the caller may reuse its buffer
-        raise ValueError(f"audio array dtype must be float32 or int16, got {pcm.dtype}")
-    raise ValueError(f"audio must be bytes or a numpy array, got {type(pcm).__name__}")
 
 
 class ASRStream:
@@ -160,11 +104,15 @@ class ASRStream:
         to the end on a copy of the stream state. If speech resumes, keep pushing audio and
         ignore the result; if the turn ends, call ``reset``.
         """
-        return await asyncio.wrap_future(self._engine._request_final(self))
+        return await asyncio.wrap_future(self.request_final())
 
     def finalize_sync(self, timeout: float | None = None) -> TranscriptEvent:
         """Blocking ``finalize`` for threads (never call it on an event loop)."""
-        return self._engine._request_final(self).result(timeout)
+        return self.request_final().result(timeout)
+
+    def request_final(self) -> concurrent.futures.Future:
+        """``finalize`` for callers without an event loop: a future of the final event."""
+        return self._engine._request_final(self)
 
     def reset(self) -> None:
         """Accept the utterance: the next one starts fresh (empty text, clock at 0).

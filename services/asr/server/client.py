@@ -133,6 +133,8 @@ class ASRClient:
                     additional_headers=headers,
                     open_timeout=self._open_timeout,
                     max_size=4 * 1024 * 1024,
+                    # PCM does not compress; deflate would only cost CPU on both ends.
+                    compression=None,
                     ping_interval=10,
                     ping_timeout=10,
                     close_timeout=2,

@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from services.asr.procstat import process_rss_bytes
+
 if TYPE_CHECKING:
     from .server import ASRServer
 
@@ -92,8 +94,6 @@ def _flatten(stats: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 def render_metrics(server: ASRServer, engine_stats: Mapping[str, Any]) -> str:
     """All metrics of ``server`` plus the engine's numeric stats, as Prometheus text."""
-    from .server import process_rss_bytes
-
     c = server.counters
     w = _Writer()
     w.add("asr_streams_live", "gauge", "Connections holding an engine stream.", server.live_streams)
@@ -136,11 +136,22 @@ def render_metrics(server: ASRServer, engine_stats: Mapping[str, Any]) -> str:
     w.summary(
         "asr_finalize_seconds", "Finalize request -> final ready, recent requests.", c.final_latency
     )
+    own = process_rss_bytes()
+    w.add("process_resident_memory_bytes", "gauge", "Resident memory of this process.", own)
+    engine_pid = getattr(server.engine, "pid", None)
+    engine_rss = process_rss_bytes(engine_pid) if engine_pid else 0
+    if engine_pid:
+        w.add(
+            "asr_engine_process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the engine's own process.",
+            engine_rss,
+        )
     w.add(
-        "process_resident_memory_bytes",
+        "asr_server_resident_memory_bytes",
         "gauge",
-        "Resident memory of the server.",
-        process_rss_bytes(),
+        "Resident memory of the server and its engine process together.",
+        own + engine_rss,
     )
     for name, value in sorted(_flatten(engine_stats).items()):
         metric = _metric_name("asr_engine", name)

@@ -1,0 +1,74 @@
+"""What the engine hands its callers: transcript events, errors, audio conversion.
+
+Kept free of torch and NeMo so that processes which only talk to an engine (the ASR server's
+front end, clients) can import it cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+
+class EngineFullError(RuntimeError):
+    """``open_stream`` was called with ``max_streams`` streams already open."""
+
+
+class EngineOverloadedError(RuntimeError):
+    """A stream is further behind real time than ``max_backlog_s``: its audio was refused."""
+
+
+class StreamClosedError(RuntimeError):
+    """The stream (or its engine) is closed."""
+
+
+@dataclass(frozen=True)
+class TranscriptEvent:
+    """A transcript of the current utterance of one stream.
+
+    Attributes:
+        stream_id: the stream's id.
+        text: the whole current utterance so far (not a delta).
+        is_final: True for the result of ``finalize``.
+        audio_start_s: start of the audio covered, seconds on the stream clock (0 = open/reset).
+        audio_end_s: end of the audio covered, seconds on the stream clock.
+        latency_s: finals: finalize request -> result; partials: the chunk's audio complete ->
+            event; None when unknown.
+        utterance: index of the utterance (0 at open, +1 per ``reset``).
+    """
+
+    stream_id: str
+    text: str
+    is_final: bool
+    audio_start_s: float
+    audio_end_s: float
+    latency_s: float | None
+    utterance: int
+
+
+def to_float32(pcm: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """Convert pushed audio to float32 samples in [-1, 1].
+
+    Args:
+        pcm: int16 little-endian mono bytes, or a 1-D float32/float64/int16 array.
+
+    Raises:
+        ValueError: odd byte length, wrong dimensions, dtype or type.
+    """
+    if isinstance(pcm, (bytes, bytearray, memoryview)):
+        raw = memoryview(pcm).cast("B")
+        if raw.nbytes % 2:
+            raise ValueError(f"PCM bytes must be int16 (even length), got {raw.nbytes} bytes")
+        return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    if isinstance(pcm, np.ndarray):
+        if pcm.ndim != 1:
+            raise ValueError(f"audio array must be 1-D (mono), got shape {pcm.shape}")
+        if pcm.dtype == np.int16:
+            return pcm.astype(np.float32) / 32768.0
+        if pcm.dtype in (np.float32, np.float64):
+            return pcm.astype(np.float32)  # a copy: the caller may reuse its buffer
+        raise ValueError(f"audio array dtype must be float32 or int16, got {pcm.dtype}")
+    raise ValueError(f"audio must be bytes or a numpy array, got {type(pcm).__name__}")

@@ -1,0 +1,171 @@
+"""The child-process side of :class:`~services.asr.engine.process.EngineProcess`.
+
+The process runs one :class:`ASREngine` and nothing else, so the engine's scheduler thread never
+competes for the interpreter lock with a busy network loop. Three threads: the main thread reads
+operation batches from the socket and applies them (each only appends to a stream's inbox), the
+scheduler thread runs the model, and a sender thread batches results back. Operations and
+results are described in ``process.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import wire
+from .config import EngineConfig
+from .events import EngineFullError, EngineOverloadedError, StreamClosedError
+
+logger = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 0.5
+
+
+def run_engine_worker(
+    config: EngineConfig,
+    sock: socket.socket,
+    init: Callable[[], None] | None = None,
+    torch_threads: int | None = None,
+) -> None:
+    """Entry point of the engine process: load, serve ``sock`` until it closes, shut down."""
+    # Ctrl-C reaches the whole process group; the front end decides when the engine stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if init is not None:
+        init()
+    outbox: queue.SimpleQueue = queue.SimpleQueue()
+    try:
+        import torch
+
+        from .engine import ASREngine
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        engine = ASREngine(config)
+    except BaseException as exc:  # report why, so the front end can tell the user
+        logger.exception("ASR engine failed to start")
+        _send_now(sock, [("fatal", f"{type(exc).__name__}: {exc}")])
+        return
+    sender = threading.Thread(
+        target=_send_loop, args=(sock, outbox, engine), name="engine-sender", daemon=True
+    )
+    sender.start()
+    outbox.put(("ready", {"pid": os.getpid(), **engine.stats()}))
+    _Dispatcher(engine, outbox).serve(sock)
+    engine.shutdown()
+    outbox.put(None)
+    sender.join(5)
+
+
+class _Dispatcher:
+    """Applies the front end's operations to the engine (main thread of the process)."""
+
+    def __init__(self, engine: Any, outbox: queue.SimpleQueue) -> None:
+        self.engine = engine
+        self.outbox = outbox
+        self.streams: dict[int, Any] = {}
+        self.overloaded: set[int] = set()
+
+    def serve(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                ops = wire.recv_frame(sock)
+            except OSError:
+                ops = None
+            if ops is None:  # the front end is gone (or asked us to stop by closing)
+                return
+            for op in ops:
+                try:
+                    getattr(self, "op_" + op[0])(*op[1:])
+                except Exception as exc:  # one stream's trouble never stops the others
+                    logger.exception("engine process: operation %s failed", op[0])
+                    if len(op) > 1:
+                        self.outbox.put(("stream_error", op[1], "engine", str(exc)))
+
+    def op_open(self, sid: int) -> None:
+        def on_event(event, sid=sid) -> None:  # scheduler thread: only a queue put
+            self.outbox.put(("partial", sid, event))
+
+        try:
+            self.streams[sid] = self.engine.open_stream(on_event=on_event)
+        except (EngineFullError, StreamClosedError) as exc:
+            self.outbox.put(("stream_error", sid, "full", str(exc)))
+
+    def op_audio(self, sid: int, data: bytes) -> None:
+        stream = self.streams.get(sid)
+        if stream is None or sid in self.overloaded:
+            return
+        try:
+            stream.push_audio(data)
+        except EngineOverloadedError as exc:
+            self.overloaded.add(sid)
+            self.outbox.put(("stream_error", sid, "overloaded", str(exc)))
+
+    def op_final(self, sid: int, rid: int) -> None:
+        stream = self.streams.get(sid)
+        if stream is None:
+            self.outbox.put(("final_error", sid, rid, "stream is closed"))
+            return
+
+        def done(future, sid=sid, rid=rid) -> None:
+            exc = future.exception()
+            if exc is None:
+                self.outbox.put(("final", sid, rid, future.result()))
+            else:
+                self.outbox.put(("final_error", sid, rid, str(exc)))
+
+        stream.request_final().add_done_callback(done)
+
+    def op_reset(self, sid: int) -> None:
+        stream = self.streams.get(sid)
+        if stream is not None:
+            stream.reset()
+
+    def op_close(self, sid: int) -> None:
+        self.overloaded.discard(sid)
+        stream = self.streams.pop(sid, None)
+        if stream is not None:
+            stream.close()
+
+
+def _send_loop(sock: socket.socket, outbox: queue.SimpleQueue, engine: Any) -> None:
+    """Send results in batches (whatever queued up while the last batch was written)."""
+    next_stats = 0.0
+    while True:
+        try:
+            first = outbox.get(timeout=STATS_INTERVAL_S)
+        except queue.Empty:
+            first = ()
+        batch = [] if first == () else [first]
+        while True:
+            try:
+                batch.append(outbox.get_nowait())
+            except queue.Empty:
+                break
+        stop = None in batch
+        batch = [item for item in batch if item]
+        now = time.monotonic()
+        if now >= next_stats:
+            next_stats = now + STATS_INTERVAL_S
+            try:
+                batch.append(("stats", engine.stats()))
+            except Exception:
+                logger.exception("engine stats failed")
+        if batch and not _send_now(sock, batch):
+            return
+        if stop:
+            return
+
+
+def _send_now(sock: socket.socket, ops: list) -> bool:
+    try:
+        sock.sendall(wire.encode(ops))
+        return True
+    except OSError:
+        return False
