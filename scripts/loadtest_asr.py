@@ -166,6 +166,34 @@ class ClientStats:
     completed: bool = False
 
 
+def _programme(index: int, cfg: TrialConfig, speech: list[np.ndarray], per_msg: int):
+    """Client ``index``'s messages, made as they are sent: (PCM bytes, ends an utterance).
+
+    Utterances in a per-client order from a random start, each followed by ``gap_s`` of
+    silence, for ``cfg.duration`` seconds. A generator, so a 10-minute trial of 64 clients does
+    not hold two million messages in memory before it starts.
+    """
+    rng = np.random.default_rng(index)
+    gap = np.zeros(int(cfg.gap_s * SAMPLE_RATE), "<i2")
+    order = rng.permutation(len(speech))
+    clip = speech[order[0]][int(rng.integers(0, max(1, len(speech[order[0]])))) :]
+    remaining = int(cfg.duration * SAMPLE_RATE) // per_msg
+    k = 0
+    while True:
+        for start in range(0, len(clip), per_msg):
+            if remaining == 0:
+                return
+            remaining -= 1
+            yield clip[start : start + per_msg].tobytes(), start + per_msg >= len(clip)
+        for start in range(0, len(gap), per_msg):
+            if remaining == 0:
+                return
+            remaining -= 1
+            yield gap[start : start + per_msg].tobytes(), False
+        k += 1
+        clip = speech[order[k % len(order)]]
+
+
 async def _client(
     index: int, url: str, cfg: TrialConfig, speech: list[np.ndarray], t0: float
 ) -> ClientStats:
@@ -200,24 +228,7 @@ async def _client(
         return stats
     stats.connected = True
 
-    # This client's programme: utterances from a rotating start, each followed by silence.
-    rng = np.random.default_rng(index)
-    gap = np.zeros(int(cfg.gap_s * SAMPLE_RATE), "<i2")
-    pieces: list[tuple[bytes, bool, bool]] = []  # (message, is speech, ends an utterance)
-    total = int(cfg.duration * SAMPLE_RATE)
-    order = rng.permutation(len(speech))
-    position, n = int(rng.integers(0, max(1, len(speech[0])))), 0
-    while n < total:
-        clip = speech[order[n % len(order)] if len(order) else 0]
-        clip = clip[position:] if n == 0 else clip
-        position = 0
-        for start in range(0, len(clip), per_msg):
-            piece = clip[start : start + per_msg]
-            pieces.append((piece.tobytes(), True, start + per_msg >= len(clip)))
-        for start in range(0, len(gap), per_msg):
-            pieces.append((gap[start : start + per_msg].tobytes(), False, False))
-        n += len(clip) + len(gap)
-    pieces = pieces[: total // per_msg]
+    pieces = _programme(index, cfg, speech, per_msg)
 
     finals: set[asyncio.Task] = set()
 
@@ -238,7 +249,7 @@ async def _client(
     finalize_at: int | None = None
     step = cfg.send_ms / 1000
     try:
-        for k, (message, _is_speech, ends) in enumerate(pieces):
+        for k, (message, ends) in enumerate(pieces):
             due = start + k * step
             delay = due - time.perf_counter()
             if delay > 0:
@@ -785,6 +796,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     server: ServerProcess | None = None
     url = args.url
+    # A plain `kill` must still stop the server we started (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not url:
         model = str(tiny_model_path()) if args.tiny else args.model
         server = ServerProcess(

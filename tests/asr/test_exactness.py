@@ -189,3 +189,52 @@ def test_final_requested_before_reset_is_still_computed(make_engine, offline):
     padded[: len(audio)] = audio
     assert final.text == offline.transcript(padded, 1)
     assert final.utterance == 0
+
+
+def test_final_of_a_stream_behind_waits_for_the_live_steps_and_stays_exact(make_engine, offline):
+    """4 s pushed at once, then finalize: the engine is 4 s behind on this stream.
+
+    The final waits until the batched live steps have caught up to the request and then runs
+    only the tail (at most two steps), instead of 25 extra encoder calls inside one tick. Audio
+    pushed after the request is not used by the live steps until the final is planned, so the
+    result is still the offline transcript of exactly the audio before the request.
+    """
+    engine = make_engine(chunk_ms=160)
+    tap = Tap()
+    engine._encoder_tap = tap
+    audio, later = babble(4.0, seed=41), babble(1.0, seed=42)
+    with engine._tick_lock:  # hold the scheduler so that the backlog is really there
+        stream = engine.open_stream()
+        stream.push_audio(audio)
+        future = engine._request_final(stream)
+        stream.push_audio(later)  # the user went on talking
+    final = future.result(timeout=60)
+
+    padded = np.zeros(engine.padded_length(len(audio)), np.float32)
+    padded[: len(audio)] = audio
+    reference = offline.encode(padded, 1)
+    assert final.text == offline.decode(reference)
+    final_part = tap.joined(stream.id, "final")
+    assert final_part.shape[1] <= 2 * engine._runner.out_per_step
+    n_live = reference.shape[1] - final_part.shape[1]
+    live = tap.joined(stream.id)[:, :n_live]
+    assert (torch.cat([live, final_part], dim=1) - reference).abs().max().item() < ATOL
+
+    # The live stream then goes on over the audio pushed after the request.
+    both = np.concatenate([audio, later])
+    mel_frames = live_steps_for(engine, len(both))
+    wait_until(lambda: stream._state.mel_pos == mel_frames, what="live steps")
+    stream.close()
+
+
+def test_closing_a_stream_fails_its_deferred_final(make_engine):
+    engine = make_engine(chunk_ms=160)
+    with engine._tick_lock, torch.inference_mode():
+        stream = engine.open_stream()
+        stream.push_audio(babble(6.0, seed=43))
+        future = engine._request_final(stream)
+        engine._tick_once()  # plans: the final is deferred behind 6 s of live work
+        assert stream._state.deferred
+        stream.close()
+    with pytest.raises(Exception, match="closed"):
+        future.result(timeout=10)

@@ -197,6 +197,7 @@ class ASREngine:
         # Guards the stream registry and the counters only; never held during model work.
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._urgent = threading.Event()  # a final is queued: skip the batch window
         self._tick_lock = threading.Lock()  # held by the scheduler thread during a tick
         self._streams: dict[str, ASRStream] = {}
         self._ids = itertools.count()
@@ -277,6 +278,7 @@ class ASREngine:
         for state in states:
             with state.lock:
                 pending += sum(isinstance(item, FinalRequest) for item in state.inbox)
+                pending += len(state.deferred)
 
         def pcts(values: list[float]) -> dict[str, float | None]:
             ordered = sorted(values)
@@ -312,6 +314,7 @@ class ASREngine:
                 return
             self._stopping = True
             handles = list(self._streams.values())
+        self._urgent.set()
         self._wake.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
@@ -353,6 +356,7 @@ class ASREngine:
                 future.set_exception(StreamClosedError(f"stream {state.id} is closed"))
                 return future
             state.inbox.append(FinalRequest(time.perf_counter(), future))
+        self._urgent.set()
         self._wake.set()
         return future
 
@@ -378,7 +382,8 @@ class ASREngine:
             state.closed = True
             slot, state.slot = state.slot, None
             pending = [item for item in state.inbox if isinstance(item, FinalRequest)]
-            state.inbox = []
+            pending += state.deferred
+            state.inbox, state.deferred = [], []
             subscribers, handle._subscribers = handle._subscribers, []
         if slot is not None:
             # A tick in flight may still write this row; the next owner's first step never
@@ -409,13 +414,22 @@ class ASREngine:
     # ---------------- scheduler thread ----------------
 
     def _loop(self) -> None:
+        window = self.config.resolved_batch_window_s(self.device.type)
         with torch.inference_mode(), _on_device(self.device):
             busy = False
+            last_start = 0.0
             while not self._stopping:
                 if not busy:
                     self._wake.wait(0.05)
+                # Let more streams complete their chunks before the next step (see
+                # EngineConfig.batch_window_ms); a finalize cuts the wait short.
+                pause = last_start + window - time.perf_counter()
+                if pause > 0:
+                    self._urgent.wait(pause)
                 if self._stopping:
                     break
+                last_start = time.perf_counter()
+                self._urgent.clear()
                 with self._tick_lock:
                     try:
                         busy = self._tick_once() > 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -69,6 +70,9 @@ class TickPlan:
 class Scheduler:
     """Decides the work of each tick from the streams' states."""
 
+    # Longest a final waits for the live steps to catch up when the engine is behind.
+    max_defer_s = 2.0
+
     def __init__(
         self, features: IncrementalMel, chunk_first: int, chunk: int, max_batch: int
     ) -> None:
@@ -111,21 +115,42 @@ class Scheduler:
         """
         ready: list[tuple[StreamState, int]] = []
         finals: list[FinalWork] = []
+        now = time.perf_counter()
         for stream in streams:
             items, generation = stream.take_inbox()
-            for item in items:
+            for i, item in enumerate(items):
+                if item is RESET or isinstance(item, FinalRequest):
+                    # Anything but audio ends the wait of a deferred final: it is planned
+                    # first, on the state it was asked for.
+                    finals += self._plan_deferred(stream)
                 if item is RESET:
                     stream.new_utterance()
                 elif isinstance(item, FinalRequest):
                     item.n_samples = stream.audio.total
                     item.utterance = stream.sched_utterance
-                    finals.append(self._plan_final(stream, item))
+                    only_audio_follows = not any(
+                        later is RESET or isinstance(later, FinalRequest)
+                        for later in items[i + 1 :]
+                    )
+                    if only_audio_follows and self._behind(stream, item.n_samples):
+                        with stream.lock:
+                            stream.deferred.append(item)
+                    else:
+                        finals.append(self._plan_final(stream, item))
                 else:
                     samples, pushed_at = item
                     stream.audio.append(samples)
                     stream.arrivals.append((stream.audio.total, pushed_at))
             stream.next_needed = self.samples_for_next_step(stream)
-            if not stream.closed and stream.audio.total >= stream.next_needed:
+            # With a final deferred, live steps may only use the audio that final covers.
+            limit = stream.deferred[0].n_samples if stream.deferred else stream.audio.total
+            can_step = stream.audio.total >= stream.next_needed and limit >= stream.next_needed
+            if stream.deferred and (
+                not can_step or now - stream.deferred[0].requested_at > self.max_defer_s
+            ):
+                finals += self._plan_deferred(stream)
+                can_step = stream.audio.total >= stream.next_needed
+            if not stream.closed and can_step:
                 ready.append((stream, generation))
         # Round robin under overload: streams served longest ago go first.
         ready.sort(key=lambda item: item[0].last_served)
@@ -152,6 +177,26 @@ class Scheduler:
             )
             (first if kind == FIRST else later).append(step)
         return TickPlan(tick=tick, first=first, later=later, finals=finals)
+
+    def _behind(self, stream: StreamState, n_samples: int) -> bool:
+        """Whether a final over ``n_samples`` would redo more than two steps of live work.
+
+        Such a stream is behind real time (the engine is overloaded). Its final then waits
+        until the batched live steps have caught up to the request, so an overloaded engine
+        does not also run each final's backlog as extra small encoder calls, which would slow
+        every tick further and never let it catch up.
+        """
+        frames = self.final_frames(n_samples) - stream.mel_pos
+        return (
+            frames > self.chunk_first + self.chunk
+            if stream.mel_pos == 0
+            else (frames > 2 * self.chunk)
+        )
+
+    def _plan_deferred(self, stream: StreamState) -> list[FinalWork]:
+        with stream.lock:
+            requests, stream.deferred = stream.deferred, []
+        return [self._plan_final(stream, request) for request in requests]
 
     def _plan_final(self, stream: StreamState, request: FinalRequest) -> FinalWork:
         start = stream.mel_pos

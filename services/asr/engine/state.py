@@ -175,6 +175,9 @@ class StreamState:
         self.closed = False
         self.slot: int | None = None  # set by the scheduler, cleared by close (both under lock)
         self.next_needed = 0  # samples the next step needs (written by the scheduler)
+        # Finals waiting for the live steps to catch up (the engine is behind); the scheduler
+        # adds and plans them, close() fails them.
+        self.deferred: list[FinalRequest] = []
         # ---- scheduler side ----
         self.audio = AudioBuffer()
         self.text = text
