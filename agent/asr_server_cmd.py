@@ -75,6 +75,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--cuda-graphs", action="store_true", help="capture the encoder step in CUDA graphs"
     )
     parser.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=None,
+        help="least time between two engine steps, so more streams share a batch "
+        "(default 30 on CPU, 0 on CUDA; finals never wait for it)",
+    )
+    parser.add_argument(
         "--torch-threads",
         type=int,
         default=None,
@@ -139,6 +146,8 @@ def handler(args: argparse.Namespace) -> int:
     }
     if args.max_batch:
         engine_kwargs["max_batch"] = args.max_batch
+    if args.batch_window_ms is not None:
+        engine_kwargs["batch_window_ms"] = args.batch_window_ms
     if (
         engine_kwargs["dtype"] == "bf16"
         and not args.dtype

@@ -64,7 +64,12 @@ async def bot(runner_args: RunnerArguments) -> None:
     async def _on_turn_latency(_observer, turn):
         # The room page shows each turn's latency; RTVI carries it as a server message.
         await worker.rtvi.send_server_message(
-            {"type": "turn-latency", "total_secs": turn.total_secs, "parts": turn.parts}
+            {
+                "type": "turn-latency",
+                "total_secs": turn.total_secs,
+                "parts": turn.parts,
+                "user_stopped_at": turn.user_stopped_at,
+            }
         )
 
     @transport.event_handler("on_client_disconnected")

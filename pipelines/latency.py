@@ -14,6 +14,9 @@ class TurnLatency:
 
     total_secs: float
     parts: dict[str, float] = field(default_factory=dict)
+    # Wall-clock time (time.time()) of the user's end of speech as the agent placed it (VAD
+    # stop minus stop_secs); lets a client on the same host split its transport time.
+    user_stopped_at: float | None = None
 
 
 class TurnLatencyObserver(UserBotLatencyObserver):
@@ -41,7 +44,13 @@ class TurnLatencyObserver(UserBotLatencyObserver):
         parts: dict[str, float] = {}
         for part in breakdown.contributions:
             parts[part.key] = parts.get(part.key, 0.0) + part.duration_secs
-        turn = TurnLatency(total_secs=breakdown.total_secs, parts=parts)
+        # Pipecat keeps this as a private attribute; without it the turn just has no stamp.
+        stopped = getattr(self, "_user_stopped_time", None)
+        turn = TurnLatency(
+            total_secs=breakdown.total_secs,
+            parts=parts,
+            user_stopped_at=stopped if isinstance(stopped, float) else None,
+        )
         self.turns = [*self.turns[-(self._keep_last - 1) :], turn]
         summary = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items())
         await self._call_event_handler("on_turn_latency", turn)

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from tests.e2e.agent_process import AgentProcess, start_agent, webrtc_host_address  # noqa: E402
 from tests.e2e.speech import SPEECH_DIR, Utterance, load_utterances  # noqa: E402
-from tests.e2e.voice_client import TurnResult, VoiceClient  # noqa: E402
+from tests.e2e.voice_client import WALL_OFFSET, TurnResult, VoiceClient  # noqa: E402
 
 # Stages of one turn, in timeline order: (name, label, agent breakdown keys).
 STAGES: list[tuple[str, str, tuple[str, ...]]] = [
@@ -61,8 +61,12 @@ PERCENTILES = (50, 90, 99)
 DEFAULT_OVERRIDES = {"llm.max_tokens": "60"}
 
 
-def stage_times(turn: TurnResult) -> dict[str, float] | None:
-    """Seconds per stage for one turn; None without a reply or without the agent's breakdown."""
+def stage_times(turn: TurnResult, same_host: bool = False) -> dict[str, float] | None:
+    """Seconds per stage for one turn; None without a reply or without the agent's breakdown.
+
+    ``same_host``: the agent runs on this machine (one wall clock), so ``transport`` can be
+    split into its way in and its way out.
+    """
     v2v = turn.voice_to_voice_secs
     if v2v is None or v2v <= 0 or turn.overlapped or not turn.server_latency:
         return None
@@ -78,14 +82,39 @@ def stage_times(turn: TurnResult) -> dict[str, float] | None:
         times[name] = sum(parts.pop(key, 0.0) for key in keys)
     times["pipeline"] = sum(parts.values())
     times["transport"] = v2v - server_total
+    # Same host: one wall clock, so the transport splits at the agent's start of the turn into
+    # the way in (uplink, and the VAD deciding later than stop_secs after the last speech it
+    # received) and the way out (output queue, Opus, the client's jitter buffer).
+    stopped = turn.server_latency.get("user_stopped_at")
+    if isinstance(stopped, int | float) and same_host:
+        times["transport_in"] = stopped - (turn.speech_end_at + WALL_OFFSET)
+        times["transport_out"] = times["transport"] - times["transport_in"]
     times["server_total"] = server_total
     times["total"] = v2v
     # Pipeline overhead: all but the model stages and the VAD wait, as the user hears it and
     # inside the agent (without the WebRTC legs).
     model_time = sum(times[name] for name in MODEL_STAGES)
     times["overhead"] = v2v - model_time
+    # The same, counting the LLM until its first speakable sentence (the TTS cannot start
+    # before it) as model time rather than overhead.
+    times["overhead_llm_to_sentence"] = times["overhead"] - times["llm_text"]
     times["agent_overhead"] = server_total - model_time
     return times
+
+
+def _same_host(url: str) -> bool:
+    """Whether ``url`` points at this machine (loopback or one of its own addresses)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    if host in ("localhost", "127.0.0.1", "::1"):
+        return True
+    try:
+        own = {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+    except OSError:
+        own = set()
+    return host in own
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -174,7 +203,7 @@ async def run_turns(url: str, utterances: list[Utterance], args: argparse.Namesp
                 max_reply_secs=args.max_reply_secs,
             )
             turns_in_session += 1
-            times = stage_times(turn)
+            times = stage_times(turn, same_host=_same_host(url))
             record = {
                 "index": index,
                 "warmup": index < args.warmup,
@@ -230,7 +259,12 @@ def build_summary(records: list[dict]) -> dict:
     if not timed:
         return summary
     keys = [name for name, _, _ in STAGES]
-    keys += ["server_total", "agent_overhead", "overhead", "total"]
+    if all("transport_in" in r["stages"] for r in timed):
+        keys[keys.index("transport") + 1 : keys.index("transport") + 1] = [
+            "transport_in",
+            "transport_out",
+        ]
+    keys += ["server_total", "agent_overhead", "overhead", "overhead_llm_to_sentence", "total"]
     summary["stages"] = {key: summarize([r["stages"][key] for r in timed]) for key in keys}
     return summary
 
@@ -260,9 +294,12 @@ def format_table(summary: dict, meta: dict) -> str:
     lines += [header, "|" + "---|" * (len(PERCENTILES) + 2)]
     labels = {name: label for name, label, _ in STAGES}
     labels |= {
+        "transport_in": "  of which in: uplink, VAD deciding after stop_secs",
+        "transport_out": "  of which out: output queue, Opus, client jitter buffer",
         "server_total": "agent total (its own clock)",
         "agent_overhead": "agent overhead (agent total - VAD wait - STT - LLM - TTS)",
         "overhead": "**overhead** (client total - VAD wait - STT - LLM - TTS)",
+        "overhead_llm_to_sentence": "overhead, LLM counted to its first sentence",
         "total": "voice-to-voice (client), same turns",
     }
     for key, stats in summary["stages"].items():

@@ -129,6 +129,18 @@ def test_bench_stage_times_and_summary():
     assert times["llm_text"] == pytest.approx(0.1)
     assert times["agent_overhead"] == pytest.approx(1.2 - 1.0)
     assert times["overhead"] == pytest.approx(1.5 - 1.0)
+    assert times["overhead_llm_to_sentence"] == pytest.approx(1.5 - 1.0 - 0.1)
+    assert "transport_in" not in times  # no wall-clock stamp from the agent
+    # Same host and a stamp: transport splits at the agent's start of the turn.
+    from tests.e2e.voice_client import WALL_OFFSET
+
+    turn.server_latency["user_stopped_at"] = 10.0 + WALL_OFFSET + 0.08
+    split = bench.stage_times(turn, same_host=True)
+    assert split["transport_in"] == pytest.approx(0.08)
+    assert split["transport_out"] == pytest.approx(0.3 - 0.08)
+    assert "transport_in" not in bench.stage_times(turn, same_host=False)
+    assert bench._same_host("http://127.0.0.1:7860") and not bench._same_host("http://192.0.2.9")
+    del turn.server_latency["user_stopped_at"]
     # A breakdown that is not measured from this turn's end of speech is left out.
     turn.server_latency = {"total_secs": 9.0, "parts": {"first_request": 8.0}}
     assert bench.stage_times(turn) is None

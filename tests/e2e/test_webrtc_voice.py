@@ -11,7 +11,7 @@ import json
 import pytest
 
 from tests.e2e.speech import content_words, word_error_rate, words
-from tests.e2e.voice_client import VoiceClient
+from tests.e2e.voice_client import WALL_OFFSET, VoiceClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -58,3 +58,10 @@ async def test_spoken_question_gets_a_spoken_answer(
     assert topic & (content_words(turn.bot_text) | content_words(heard)), report
     # The room page's per-turn latency message arrived with its breakdown.
     assert turn.server_latency and turn.server_latency.get("total_secs", 0) > 0, report
+    # With the agent's wall-clock start of the turn, which this same-host client can place
+    # near its own end of speech (the VAD may place the end a little earlier than the client's
+    # loudness threshold does) and before the first audio it heard.
+    stopped = turn.server_latency.get("user_stopped_at")
+    assert isinstance(stopped, float), report
+    speech_end, heard_at = turn.speech_end_at + WALL_OFFSET, turn.first_audio_at + WALL_OFFSET
+    assert speech_end - 1.0 < stopped < heard_at, report

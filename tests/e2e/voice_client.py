@@ -32,6 +32,9 @@ FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
 # RMS of a 20 ms int16 frame above which it counts as voiced (about -45 dBFS): well above the
 # codec's noise floor on silence, well below any speech.
 VOICED_RMS = 180.0
+# time.time() - time.monotonic(), fixed at import: turns monotonic stamps into wall-clock ones to
+# compare with an agent's on the same host.
+WALL_OFFSET = time.time() - time.monotonic()
 RTVI_LABEL = "rtvi-ai"
 RTVI_VERSION = "2.2.0"
 
