@@ -44,12 +44,10 @@ class TurnLatencyObserver(UserBotLatencyObserver):
         parts: dict[str, float] = {}
         for part in breakdown.contributions:
             parts[part.key] = parts.get(part.key, 0.0) + part.duration_secs
-        # Pipecat keeps this as a private attribute; without it the turn just has no stamp.
-        stopped = getattr(self, "_user_stopped_time", None)
         turn = TurnLatency(
             total_secs=breakdown.total_secs,
             parts=parts,
-            user_stopped_at=stopped if isinstance(stopped, float) else None,
+            user_stopped_at=breakdown.user_turn_start_time,
         )
         self.turns = [*self.turns[-(self._keep_last - 1) :], turn]
         summary = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items())
