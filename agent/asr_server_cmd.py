@@ -88,6 +88,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="torch intra-op threads (CPU serving; 1 is best on small shared machines)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="front-end processes sharing the port (SO_REUSEPORT), all feeding the one engine; "
+        "one event loop carries a few hundred streams (default 1)",
+    )
+    parser.add_argument(
         "--in-process",
         action="store_true",
         help="run the engine in the server's process (default: its own process, so the "
@@ -131,6 +138,9 @@ def handler(args: argparse.Namespace) -> int:
     if args.max_streams < 1:
         logger.error("--max-streams must be >= 1")
         return 2
+    if args.workers < 1 or (args.workers > 1 and args.in_process):
+        logger.error("--workers must be >= 1, and needs the engine in its own process")
+        return 2
     if not _is_loopback(args.asr_host) and not token:
         logger.warning(
             f"Serving on {args.asr_host} without a token: anyone who can reach this port can use "
@@ -165,6 +175,7 @@ def handler(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         idle_timeout=args.idle_timeout,
         max_audio_rate=args.max_audio_rate,
+        reuse_port=args.workers > 1,
     )
     where = "in this process" if args.in_process else "in its own process"
     logger.info(
@@ -198,28 +209,74 @@ async def _serve(args, config, server_config, log_level: str) -> int:
             torch_threads=args.torch_threads,
             init=functools.partial(setup_logging, log_level),
         )
-        await engine.start()
+        await engine.start(extra_connections=args.workers - 1)
     logger.info(f"ASR engine ready in {time.perf_counter() - started:.1f} s")
     server = ASRServer(engine, server_config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    fronts = []
     try:
+        if args.workers > 1:
+            server.starting_reason = "starting the other front-end processes"
         await server.start()
+        if args.workers > 1:
+            fronts = await _start_front_ends(engine, server, config, log_level)
+            server.starting_reason = None
         logger.info(
             f"ASR server ready: ws://{server.config.host}:{server.port}/v1/stream "
             f"(health http://{server.config.host}:{server.port}/health)"
+            + (f", {args.workers} front-end processes" if args.workers > 1 else "")
         )
         await stop.wait()
         logger.info("Shutting down the ASR server...")
+        for front in fronts:
+            front.terminate()
         await server.stop()
     finally:
+        for front in fronts:
+            await loop.run_in_executor(None, front.join, 10)
+            if front.is_alive():
+                front.kill()
         if args.in_process:
             engine.shutdown()
         else:
             await engine.aclose()
     return 0
+
+
+async def _start_front_ends(engine, server, config, log_level: str) -> list:
+    """Spawn a front end for each spare engine connection, on the main server's port.
+
+    Returns once every one is serving, so "ready" means all of them take connections.
+    """
+    import dataclasses
+    import multiprocessing
+
+    from services.asr.server.front_worker import run_front_worker
+
+    context = multiprocessing.get_context("spawn")
+    fronts, events = [], []
+    for index, sock in enumerate(engine.spare_sockets, start=1):
+        front_config = dataclasses.replace(server.config, port=server.port, front_end=index)
+        ready = context.Event()
+        front = context.Process(
+            target=run_front_worker,
+            args=(index, sock, config, front_config, ready),
+            kwargs={"init": functools.partial(setup_logging, log_level)},
+            name=f"asr-front-{index}",
+            daemon=True,
+        )
+        front.start()
+        sock.close()  # the front end holds its own copy
+        fronts.append(front)
+        events.append(ready)
+    loop = asyncio.get_running_loop()
+    for index, ready in enumerate(events, start=1):
+        if not await loop.run_in_executor(None, ready.wait, 120):
+            raise RuntimeError(f"ASR front end {index} did not start; see the log above")
+    return fronts
 
 
 EXTRA_COMMANDS["asr-server"] = (configure_parser, handler)

@@ -576,6 +576,7 @@ class ServerProcess:
         token: str | None = None,
         log_path: Path | None = None,
         torch_threads: int | None = None,
+        workers: int = 1,
     ):
         self.port = free_port()
         self.token = token
@@ -592,6 +593,8 @@ class ServerProcess:
             self.args += ["--token", token]
         if torch_threads:
             self.args += ["--torch-threads", str(torch_threads)]
+        if workers > 1:
+            self.args += ["--workers", str(workers)]
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
@@ -779,6 +782,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="torch threads of the server (with --tiny/--model; default 1 on cpu)",
     )
+    parser.add_argument(
+        "--server-workers",
+        type=int,
+        default=1,
+        help="front-end processes of the server (with --tiny/--model; asr-server --workers)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default loadtest-out/<time>)")
     args = parser.parse_args(argv)
 
@@ -809,6 +818,7 @@ def main(argv: list[str] | None = None) -> int:
             token=args.token,
             log_path=out / "server.log",
             torch_threads=args.server_threads or (1 if args.device == "cpu" else None),
+            workers=args.server_workers,
         )
         print(f"starting asr-server on {model} ({args.device}, {args.dtype}) ...")
         server.start()

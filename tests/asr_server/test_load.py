@@ -115,3 +115,30 @@ async def test_soak_64_streams_10_minutes(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps(report))
     print(lt.table([report]))
     assert_healthy(report)
+
+
+@pytest.mark.timeout(240)
+async def test_cli_server_with_two_front_ends_shares_one_engine(tmp_path):
+    """``asr-server --workers 2``: two front-end processes on one port, one engine process."""
+    from services.asr.server import ASRClient
+
+    lt = loadtest_module()
+    model = str(lt.tiny_model_path())
+    log = tmp_path / "server.log"
+    with lt.ServerProcess(model, log_path=log, torch_threads=1, workers=2) as server:
+        clients = [ASRClient(server.url) for _ in range(16)]
+        ready = [await client.connect() for client in clients]
+        # The kernel spread the connections over both front ends (16 connections all landing
+        # on one of two by hash: p = 3e-5).
+        assert {event["front_end"] for event in ready} == {0, 1}
+        pcm = speechlike_pcm(1.5)
+        for client in clients:
+            await client.send_audio(pcm)
+        finals = [await asyncio.wait_for(await c.send_finalize(), 60) for c in clients]
+        # Same audio, same engine: the same transcript through either front end.
+        assert len({f["text"] for f in finals}) == 1 and finals[0]["text"]
+        for client in clients:
+            await client.close()
+    text = log.read_text()
+    assert "2 front-end processes" in text and "ASR front end 1 serving" in text
+    assert "Shutting down the ASR server" in text

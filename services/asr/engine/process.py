@@ -100,6 +100,8 @@ class EngineProcess:
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._stats: dict[str, Any] = {}
         self._stats_at = 0.0
+        self._engine_pid: int | None = None
+        self.spare_sockets: list[socket.socket] = []
         self._dead: str | None = None
         self._closing = False
 
@@ -111,59 +113,74 @@ class EngineProcess:
 
     @property
     def pid(self) -> int | None:
-        """The child's process id (None before :meth:`start`)."""
-        return self._process.pid if self._process else None
+        """The engine process's id (None before :meth:`start` or :meth:`attach`)."""
+        return self._process.pid if self._process else self._engine_pid
 
     @property
     def is_shutdown(self) -> bool:
         return self._closing or self._dead is not None
 
-    async def start(self) -> None:
+    async def start(self, *, extra_connections: int = 0) -> None:
         """Start the child and wait until its engine is loaded and warmed up.
+
+        Args:
+            extra_connections: More connections to the same engine, for other processes (each
+                runs its own ``EngineProcess.attach``); take them from :attr:`spare_sockets`.
 
         Raises:
             EngineProcessError: the model failed to load (the child's reason is in the message)
                 or the child died or did not become ready in ``start_timeout_s``.
         """
-        self._loop = asyncio.get_running_loop()
-        ours, theirs = socket.socketpair()
+        pairs = [socket.socketpair() for _ in range(1 + extra_connections)]
         context = multiprocessing.get_context("spawn")
         self._process = context.Process(
             target=run_engine_worker,
-            args=(self.config, theirs, self._init, self._torch_threads),
+            args=(self.config, [theirs for _, theirs in pairs], self._init, self._torch_threads),
             name="asr-engine",
             daemon=True,
         )
         self._process.start()
-        theirs.close()
+        for _, theirs in pairs:
+            theirs.close()
+        self.spare_sockets = [ours for ours, _ in pairs[1:]]
         logger.info("ASR engine process started (pid %d); loading the model...", self._process.pid)
-        self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        await self.attach(pairs[0][0])
+
+    async def attach(self, sock: socket.socket) -> None:
+        """Serve streams over ``sock``, one connection to an engine process started elsewhere.
+
+        Raises:
+            EngineProcessError: as :meth:`start`.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=sock)
         started = time.monotonic()
         try:
             ops = await asyncio.wait_for(self._read_frame(), self._start_timeout)
         except TimeoutError:
-            self._process.kill()
+            if self._process is not None:
+                self._process.kill()
             raise EngineProcessError(
                 f"the ASR engine process did not load its model in {self._start_timeout:g} s"
             ) from None
         if ops is None or ops[0][0] != "ready":
             await self._reap()
             reason = ops[0][1] if ops and ops[0][0] == "fatal" else "it exited"
+            code = self._process.exitcode if self._process is not None else None
             raise EngineProcessError(
                 f"the ASR engine process failed to start: {reason} "
-                f"(exit code {self._process.exitcode}); see the log above"
+                f"(exit code {code}); see the log above"
             )
         self._stats = dict(ops[0][1])
         self._stats_at = time.monotonic()
+        self._engine_pid = self._stats.get("pid")
         logger.info(
-            "ASR engine process ready in %.1f s (pid %d)",
-            time.monotonic() - started,
-            self._process.pid,
+            "ASR engine process ready in %.1f s (pid %s)", time.monotonic() - started, self.pid
         )
         self._read_task = asyncio.create_task(self._read_loop(), name="asr-engine-reader")
 
     async def aclose(self, timeout: float = 10.0) -> None:
-        """Close every stream and stop the child (closing the socket tells it to stop)."""
+        """Close every stream and this connection; the child stops when all are closed."""
         if self._closing:
             return
         self._closing = True

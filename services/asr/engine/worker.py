@@ -1,9 +1,10 @@
 """The child-process side of :class:`~services.asr.engine.process.EngineProcess`.
 
 The process runs one :class:`ASREngine` and nothing else, so the engine's scheduler thread never
-competes for the interpreter lock with a busy network loop. Three threads: the main thread reads
-operation batches from the socket and applies them (each only appends to a stream's inbox), the
-scheduler thread runs the model, and a sender thread batches results back. Operations and
+competes for the interpreter lock with a busy network loop. It serves one or more front ends,
+each over its own socket with two threads: one reads operation batches and applies them (each
+only appends to a stream's inbox), one batches results back. The scheduler thread runs the
+model for all of them. Operations and
 results are described in ``process.py``.
 """
 
@@ -30,16 +31,16 @@ STATS_INTERVAL_S = 0.5
 
 def run_engine_worker(
     config: EngineConfig,
-    sock: socket.socket,
+    socks: socket.socket | list[socket.socket],
     init: Callable[[], None] | None = None,
     torch_threads: int | None = None,
 ) -> None:
-    """Entry point of the engine process: load, serve ``sock`` until it closes, shut down."""
+    """Entry point of the engine process: load, serve every connection until all close."""
     # Ctrl-C reaches the whole process group; the front end decides when the engine stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if init is not None:
         init()
-    outbox: queue.SimpleQueue = queue.SimpleQueue()
+    socks = socks if isinstance(socks, list) else [socks]
     try:
         import torch
 
@@ -48,17 +49,34 @@ def run_engine_worker(
         if torch_threads:
             torch.set_num_threads(torch_threads)
         engine = ASREngine(config)
-    except BaseException as exc:  # report why, so the front end can tell the user
+    except BaseException as exc:  # report why, so the front ends can tell the user
         logger.exception("ASR engine failed to start")
-        _send_now(sock, [("fatal", f"{type(exc).__name__}: {exc}")])
+        for sock in socks:
+            _send_now(sock, [("fatal", f"{type(exc).__name__}: {exc}")])
         return
+    threads = [
+        threading.Thread(target=_serve_connection, args=(engine, sock), daemon=True)
+        for sock in socks
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    engine.shutdown()
+
+
+def _serve_connection(engine: Any, sock: socket.socket) -> None:
+    """One front end: its streams, its results; returns when it closes the socket."""
+    outbox: queue.SimpleQueue = queue.SimpleQueue()
     sender = threading.Thread(
         target=_send_loop, args=(sock, outbox, engine), name="engine-sender", daemon=True
     )
     sender.start()
     outbox.put(("ready", {"pid": os.getpid(), **engine.stats()}))
-    _Dispatcher(engine, outbox).serve(sock)
-    engine.shutdown()
+    dispatcher = _Dispatcher(engine, outbox)
+    dispatcher.serve(sock)
+    for stream in list(dispatcher.streams.values()):  # the front end is gone: free its slots
+        stream.close()
     outbox.put(None)
     sender.join(5)
 

@@ -64,6 +64,10 @@ class ServerConfig:
         ping_interval: Seconds between keepalive pings (a vanished peer is dropped after
             ``ping_interval + ping_timeout``; a closed socket is noticed at once).
         ping_timeout: Seconds to wait for a pong.
+        reuse_port: Bind with SO_REUSEPORT, so several front-end processes share the port
+            (the kernel spreads new connections over them).
+        front_end: Index of this front end among them (0: the main process); reported in
+            ``ready`` and ``/health``.
     """
 
     host: str = "127.0.0.1"
@@ -84,6 +88,8 @@ class ServerConfig:
     shed_after_timeouts: int = 2
     ping_interval: float | None = 10.0
     ping_timeout: float | None = 10.0
+    reuse_port: bool = False
+    front_end: int = 0
 
 
 class _TokenBucket:
@@ -150,6 +156,8 @@ class ASRServer:
         self._started_at = time.time()
         self._stopping = False
         self._overloaded_until = 0.0
+        # Set by whoever runs more front ends beside this one until they are all serving.
+        self.starting_reason: str | None = None
 
     # ---- lifecycle ----
 
@@ -198,6 +206,7 @@ class ASRServer:
             ping_timeout=cfg.ping_timeout,
             close_timeout=2,
             logger=_ws_logger,
+            reuse_port=cfg.reuse_port or None,
         )
         logger.info(
             "ASR server listening on ws://%s:%d/v1/stream (max %d streams, auth %s)",
@@ -268,6 +277,7 @@ class ASRServer:
         return json.dumps(
             {
                 "status": "ok",
+                "front_end": self.config.front_end,
                 "live_streams": self.live_streams,
                 "max_streams": self.config.max_streams,
                 "uptime_s": round(time.time() - self._started_at, 1),
@@ -284,6 +294,8 @@ class ASRServer:
             stats, reason = {}, f"engine stats failed: {exc}"
         if not reason and self._stopping:
             reason = "shutting down"
+        if not reason and self.starting_reason:
+            reason = self.starting_reason
         if not reason and self.live_streams >= self.config.max_streams:
             reason = "all stream slots are in use"
         if not reason and self.overloaded:
@@ -456,6 +468,7 @@ class _Connection:
                 "channels": P.CHANNELS,
                 "max_message_bytes": self.cfg.max_message_bytes,
                 "idle_timeout_s": self.cfg.idle_timeout,
+                "front_end": self.cfg.front_end,
             }
         )
         try:
