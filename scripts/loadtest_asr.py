@@ -36,14 +36,17 @@ import importlib.util
 import json
 import math
 import os
+import pickle
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import wave
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +153,8 @@ class TrialConfig:
     finalize_after_s: float = 0.25  # into the silence, as a bot's VAD stop
     max_drift_s: float = 0.25
     token: str | None = None
+    # Client processes (one event loop drives a few hundred 20 ms streams at most).
+    client_procs: int = 1
 
 
 @dataclass
@@ -345,6 +350,67 @@ def _slope(points: list[tuple[float, float]]) -> float:
     return float(np.polyfit(xs, ys, 1)[0])
 
 
+async def _run_clients(
+    url: str, cfg: TrialConfig, speech: list[np.ndarray], t0: float, indices: Iterable[int]
+) -> list[ClientStats]:
+    # Stagger connections over 0.5 s so they do not all send on the same tick.
+    async def staggered(i: int) -> ClientStats:
+        await asyncio.sleep(0.5 * i / max(1, cfg.streams))
+        return await _client(i, url, cfg, speech, t0)
+
+    return list(await asyncio.gather(*(staggered(i) for i in indices)))
+
+
+async def _run_sharded(
+    url: str, cfg: TrialConfig, speech: list[np.ndarray], t0: float
+) -> list[ClientStats]:
+    """``cfg.client_procs`` processes of this script, process k driving clients k, k+P, ...
+
+    They share the trial's clock through the wall clock (same host), so their lag timelines
+    line up with this process's metrics samples.
+    """
+    shards = cfg.client_procs
+    folder = Path(tempfile.mkdtemp(prefix="loadtest-shards-"))
+    try:
+        np.savez(folder / "speech.npz", *speech)
+        t0_wall = time.time() - (time.perf_counter() - t0)
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, str(Path(__file__).resolve()), "--url", url,
+                "--shard", f"{k}/{shards}", "--shard-dir", str(folder),
+                "--shard-t0", repr(t0_wall), "--shard-config", json.dumps(asdict(cfg)),
+                cwd=ROOT,
+            )
+            for k in range(shards)
+        ]  # fmt: skip
+        codes = [await proc.wait() for proc in procs]
+        results: list[ClientStats] = []
+        for k, code in enumerate(codes):
+            path = folder / f"shard{k}.pkl"
+            if code != 0 or not path.is_file():
+                count = len(range(k, cfg.streams, shards))
+                failed = ClientStats(errors=[f"client process {k} exited with {code}"])
+                results += [failed] + [ClientStats() for _ in range(count - 1)]
+                continue
+            results += [ClientStats(**fields) for fields in pickle.loads(path.read_bytes())]
+        return results
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _shard_main(args: argparse.Namespace) -> int:
+    """One client process of ``_run_sharded``: run its clients, write their stats."""
+    k, shards = (int(x) for x in args.shard.split("/"))
+    folder = Path(args.shard_dir)
+    with np.load(folder / "speech.npz") as data:
+        speech = [data[name] for name in data.files]
+    cfg = TrialConfig(**json.loads(args.shard_config))
+    t0 = time.perf_counter() - (time.time() - float(args.shard_t0))
+    results = asyncio.run(_run_clients(args.url, cfg, speech, t0, range(k, cfg.streams, shards)))
+    (folder / f"shard{k}.pkl").write_bytes(pickle.dumps([asdict(r) for r in results]))
+    return 0
+
+
 async def run_trial(
     url: str, cfg: TrialConfig, speech: list[np.ndarray], *, log=print
 ) -> dict[str, Any]:
@@ -354,12 +420,10 @@ async def run_trial(
     stop = asyncio.Event()
     poller = asyncio.create_task(_poll_metrics(url, cfg.token, t0, samples, stop))
 
-    # Stagger connections over 0.5 s so they do not all send on the same tick.
-    async def staggered(i: int) -> ClientStats:
-        await asyncio.sleep(0.5 * i / max(1, cfg.streams))
-        return await _client(i, url, cfg, speech, t0)
-
-    results = await asyncio.gather(*(staggered(i) for i in range(cfg.streams)))
+    if cfg.client_procs > 1:
+        results = await _run_sharded(url, cfg, speech, t0)
+    else:
+        results = await _run_clients(url, cfg, speech, t0, range(cfg.streams))
     stop.set()
     await poller
     wall = time.perf_counter() - t0
@@ -788,8 +852,18 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="front-end processes of the server (with --tiny/--model; asr-server --workers)",
     )
+    parser.add_argument(
+        "--client-procs",
+        type=int,
+        default=1,
+        help="client processes (one drives a few hundred streams; use more for GPU servers)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default loadtest-out/<time>)")
+    for internal in ("--shard", "--shard-dir", "--shard-t0", "--shard-config"):
+        parser.add_argument(internal, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.shard:
+        return _shard_main(args)
 
     out = Path(args.out or f"loadtest-out/{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
@@ -802,6 +876,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup_s=args.warmup,
         max_drift_s=args.max_drift,
         token=args.token,
+        client_procs=max(1, args.client_procs),
     )
     server: ServerProcess | None = None
     url = args.url

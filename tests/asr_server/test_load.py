@@ -81,8 +81,9 @@ def test_loadtest_script_starts_the_cli_server_and_writes_its_reports(tmp_path):
         out.setframerate(16000)
         out.writeframes(speechlike_pcm(3.0))
     result = subprocess.run(
-        [sys.executable, "scripts/loadtest_asr.py", "--tiny", "-n", "2", "-t", "5"]
-        + ["--warmup", "1", "--wav", str(wav), "--out", str(tmp_path / "out")],
+        [sys.executable, "scripts/loadtest_asr.py", "--tiny", "-n", "4", "-t", "5"]
+        + ["--warmup", "1", "--wav", str(wav), "--out", str(tmp_path / "out")]
+        + ["--client-procs", "2"],  # two client processes, two clients each
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -91,6 +92,8 @@ def test_loadtest_script_starts_the_cli_server_and_writes_its_reports(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "out/report.json").read_text())
     assert report["ok"] and report["finals"] > 0 and report["hardware"]["cpus"]
+    assert report["clients"] == {"connected": 4, "completed": 4}
+    assert report["config"]["client_procs"] == 2 and report["partials"] > 0
     assert (tmp_path / "out/lag.png").stat().st_size > 10_000
     assert "lag p50" in result.stdout
     log = (tmp_path / "out/server.log").read_text()
