@@ -183,6 +183,7 @@ async def run_turns(url: str, utterances: list[Utterance], args: argparse.Namesp
     """Speak ``args.warmup + args.turns`` utterances, reconnecting every few turns."""
     records: list[dict] = []
     total = args.warmup + args.turns
+    same_host = _same_host(url)
     client: VoiceClient | None = None
     turns_in_session = 0
     try:
@@ -203,7 +204,7 @@ async def run_turns(url: str, utterances: list[Utterance], args: argparse.Namesp
                 max_reply_secs=args.max_reply_secs,
             )
             turns_in_session += 1
-            times = stage_times(turn, same_host=_same_host(url))
+            times = stage_times(turn, same_host=same_host)
             record = {
                 "index": index,
                 "warmup": index < args.warmup,

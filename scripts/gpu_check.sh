@@ -9,15 +9,7 @@
 # baselines measured in the same run, then at 560 ms. Results: JSON + PNG + tables under $OUT
 # (or bench_results/gpu).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site:$PWD"
-else
-  export PYTHONPATH="$PWD"
-fi
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 out="${OUT:-bench_results/gpu}"
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"

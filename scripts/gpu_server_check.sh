@@ -11,15 +11,7 @@
 #   WORKERS=8 CLIENTS=6 bash scripts/gpu_server_check.sh
 #   DEVICE=cpu DTYPE=fp32 MODEL=path/to/tiny.nemo START=8 bash scripts/gpu_server_check.sh  # plumbing
 set -euo pipefail
-cd "$(dirname "$0")/.."
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site:$PWD"
-else
-  export PYTHONPATH="$PWD"
-fi
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 out="${OUT:-bench_results/gpu-server}"
 mkdir -p "$out"
 model="${MODEL:-/tmp/nemotron-0.6b-random.nemo}"

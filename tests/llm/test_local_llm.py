@@ -9,7 +9,6 @@ from pipecat.frames.frames import ErrorFrame, LLMContextFrame, LLMTextFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.tests.utils import run_test
 
-from agent.config import load_config
 from pipelines.registry import resolve
 from services.llm.llama_server import (
     LlamaServer,
@@ -19,12 +18,11 @@ from services.llm.llama_server import (
     shutdown_llama_servers,
 )
 from services.llm.openai_compatible import OpenAICompatibleLLMService
+from tests.support.settings import section_settings
 
 
 def local_settings(**values: str):
-    env = {"VOICE_AGENT_LLM__PRESET": "local"}
-    env.update({f"VOICE_AGENT_LLM__{k.upper()}": v for k, v in values.items()})
-    return load_config(env=env, dotenv_path=None, cuda_available=False).settings
+    return section_settings("llm", preset="local", **values)
 
 
 def test_command_binds_loopback_and_names_the_model(tmp_path):

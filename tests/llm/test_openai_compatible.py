@@ -14,18 +14,16 @@ from pipecat.frames.frames import (
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.tests.utils import run_test
 
-from agent.config import load_config
 from pipelines.registry import LLM_BACKENDS, resolve
 from services.llm.openai_compatible import OpenAICompatibleLLMService
 from services.llm.presets import PRESETS, PresetError, resolve_endpoint
+from tests.support.settings import section_settings
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def llm_settings(preset: str, **values: str):
-    env = {"VOICE_AGENT_LLM__PRESET": preset}
-    env.update({f"VOICE_AGENT_LLM__{k.upper()}": v for k, v in values.items()})
-    return load_config(env=env, dotenv_path=None, cuda_available=False).settings
+    return section_settings("llm", preset=preset, **values)
 
 
 def build_llm(preset: str, **values: str) -> OpenAICompatibleLLMService:

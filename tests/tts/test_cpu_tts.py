@@ -20,17 +20,15 @@ from pipecat.metrics.metrics import TTFBMetricsData
 from pipecat.pipeline.worker import PipelineParams
 from pipecat.tests.utils import SleepFrame, run_test
 
-from agent.config import load_config
 from pipelines.registry import resolve
+from tests.support.settings import section_settings
 from tests.tts.llm_frames import reply
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def tts_settings(backend: str, **env: str):
-    variables = {"VOICE_AGENT_TTS__BACKEND": backend}
-    variables.update({f"VOICE_AGENT_TTS__{k.upper()}": v for k, v in env.items()})
-    return load_config(env=variables, dotenv_path=None, cuda_available=False).settings
+    return section_settings("tts", backend=backend, **env)
 
 
 def build_tts(backend: str, **env: str):

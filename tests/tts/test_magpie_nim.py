@@ -27,9 +27,9 @@ from pipecat.frames.frames import (
 from pipecat.services.nvidia.tts import NvidiaTTSService
 from pipecat.tests.utils import SleepFrame, run_test
 
-from agent.config import load_config
 from pipelines.backends.tts_magpie_nim import nim_language, nim_voice
 from pipelines.registry import resolve
+from tests.support.settings import section_settings
 from tests.tts.llm_frames import reply
 
 pytestmark = pytest.mark.timeout(120)
@@ -88,9 +88,7 @@ def nim_server():
 
 
 def build_nim(address: str, **env: str) -> NvidiaTTSService:
-    variables = {"VOICE_AGENT_TTS__BACKEND": "magpie-nim", "VOICE_AGENT_TTS__SERVER": address}
-    variables.update({f"VOICE_AGENT_TTS__{k.upper()}": v for k, v in env.items()})
-    settings = load_config(env=variables, dotenv_path=None, cuda_available=False).settings
+    settings = section_settings("tts", backend="magpie-nim", server=address, **env)
     return resolve("tts", "magpie-nim")(settings)
 
 

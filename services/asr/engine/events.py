@@ -49,6 +49,26 @@ class TranscriptEvent:
     utterance: int
 
 
+def _checked(pcm: bytes | bytearray | memoryview | np.ndarray) -> memoryview | np.ndarray:
+    """Pushed audio, checked: a byte view of int16 samples, or a 1-D int16/float array.
+
+    Raises:
+        ValueError: odd byte length, wrong dimensions, dtype or type.
+    """
+    if isinstance(pcm, (bytes, bytearray, memoryview)):
+        raw = memoryview(pcm).cast("B")
+        if raw.nbytes % 2:
+            raise ValueError(f"PCM bytes must be int16 (even length), got {raw.nbytes} bytes")
+        return raw
+    if isinstance(pcm, np.ndarray):
+        if pcm.ndim != 1:
+            raise ValueError(f"audio array must be 1-D (mono), got shape {pcm.shape}")
+        if pcm.dtype not in (np.int16, np.float32, np.float64):
+            raise ValueError(f"audio array dtype must be float32 or int16, got {pcm.dtype}")
+        return pcm
+    raise ValueError(f"audio must be bytes or a numpy array, got {type(pcm).__name__}")
+
+
 def to_float32(pcm: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
     """Convert pushed audio to float32 samples in [-1, 1].
 
@@ -58,17 +78,23 @@ def to_float32(pcm: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
     Raises:
         ValueError: odd byte length, wrong dimensions, dtype or type.
     """
-    if isinstance(pcm, (bytes, bytearray, memoryview)):
-        raw = memoryview(pcm).cast("B")
-        if raw.nbytes % 2:
-            raise ValueError(f"PCM bytes must be int16 (even length), got {raw.nbytes} bytes")
-        return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
-    if isinstance(pcm, np.ndarray):
-        if pcm.ndim != 1:
-            raise ValueError(f"audio array must be 1-D (mono), got shape {pcm.shape}")
-        if pcm.dtype == np.int16:
-            return pcm.astype(np.float32) / 32768.0
-        if pcm.dtype in (np.float32, np.float64):
-            return pcm.astype(np.float32)  # a copy: the caller may reuse its buffer
-        raise ValueError(f"audio array dtype must be float32 or int16, got {pcm.dtype}")
-    raise ValueError(f"audio must be bytes or a numpy array, got {type(pcm).__name__}")
+    audio = _checked(pcm)
+    if isinstance(audio, memoryview):
+        return np.frombuffer(audio, dtype="<i2").astype(np.float32) / 32768.0
+    if audio.dtype == np.int16:
+        return audio.astype(np.float32) / 32768.0
+    return audio.astype(np.float32)  # a copy: the caller may reuse its buffer
+
+
+def to_pcm16(pcm: bytes | bytearray | memoryview | np.ndarray) -> bytes:
+    """Convert pushed audio to int16 little-endian bytes (floats are clipped to [-1, 1)).
+
+    Raises:
+        ValueError: as :func:`to_float32`.
+    """
+    audio = _checked(pcm)
+    if isinstance(audio, memoryview):
+        return pcm if isinstance(pcm, bytes) else audio.tobytes()
+    if audio.dtype == np.int16:
+        return audio.astype("<i2").tobytes()
+    return (np.clip(audio, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()

@@ -40,6 +40,7 @@ from .events import (
     EngineOverloadedError,
     StreamClosedError,
     TranscriptEvent,
+    to_pcm16,
 )
 from .worker import run_engine_worker
 
@@ -275,8 +276,8 @@ class EngineProcess:
         self._flush_handle = None
         if not self._ops:
             return
-        ops = [(op[0], op[1], bytes(op[2])) if op[0] == "audio" else op for op in self._ops]
-        self._ops = []
+        # Audio ops carry their bytearray as is: nothing appends to it after this point.
+        ops, self._ops = self._ops, []
         self._open_audio.clear()
         if self._writer is None or self._dead is not None:
             return
@@ -385,7 +386,7 @@ class ProcessStream:
             StreamClosedError: after ``close`` (or when the engine process is gone).
         """
         self._check_open()
-        data = _pcm16(pcm)
+        data = to_pcm16(pcm)
         if data:
             self._engine._send_audio(self._sid, data)
 
@@ -497,21 +498,3 @@ class ProcessStream:
 
     def __repr__(self) -> str:
         return f"ProcessStream(id={self.id!r}, closed={self.closed})"
-
-
-def _pcm16(pcm: bytes | bytearray | memoryview | np.ndarray) -> bytes:
-    """Audio as int16 little-endian bytes (the same checks as the engine's ``to_float32``)."""
-    if isinstance(pcm, (bytes, bytearray, memoryview)):
-        raw = memoryview(pcm).cast("B")
-        if raw.nbytes % 2:
-            raise ValueError(f"PCM bytes must be int16 (even length), got {raw.nbytes} bytes")
-        return bytes(raw)
-    if isinstance(pcm, np.ndarray):
-        if pcm.ndim != 1:
-            raise ValueError(f"audio array must be 1-D (mono), got shape {pcm.shape}")
-        if pcm.dtype == np.int16:
-            return pcm.astype("<i2").tobytes()
-        if pcm.dtype in (np.float32, np.float64):
-            return (np.clip(pcm, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
-        raise ValueError(f"audio array dtype must be float32 or int16, got {pcm.dtype}")
-    raise ValueError(f"audio must be bytes or a numpy array, got {type(pcm).__name__}")

@@ -67,6 +67,11 @@ class TickPlan:
         return len(self.first) + len(self.later)
 
 
+def _is_control(item: object) -> bool:
+    """A reset or a finalize request (the rest of an inbox is audio)."""
+    return item is RESET or isinstance(item, FinalRequest)
+
+
 class Scheduler:
     """Decides the work of each tick from the streams' states."""
 
@@ -118,8 +123,10 @@ class Scheduler:
         now = time.perf_counter()
         for stream in streams:
             items, generation = stream.take_inbox()
+            # Only audio follows the last reset or final of the inbox.
+            last_control = max((i for i, item in enumerate(items) if _is_control(item)), default=-1)
             for i, item in enumerate(items):
-                if item is RESET or isinstance(item, FinalRequest):
+                if _is_control(item):
                     # Anything but audio ends the wait of a deferred final: it is planned
                     # first, on the state it was asked for.
                     finals += self._plan_deferred(stream)
@@ -128,11 +135,7 @@ class Scheduler:
                 elif isinstance(item, FinalRequest):
                     item.n_samples = stream.audio.total
                     item.utterance = stream.sched_utterance
-                    only_audio_follows = not any(
-                        later is RESET or isinstance(later, FinalRequest)
-                        for later in items[i + 1 :]
-                    )
-                    if only_audio_follows and self._behind(stream, item.n_samples):
+                    if i == last_control and self._behind(stream, item.n_samples):
                         with stream.lock:
                             stream.deferred.append(item)
                     else:
@@ -187,11 +190,8 @@ class Scheduler:
         every tick further and never let it catch up.
         """
         frames = self.final_frames(n_samples) - stream.mel_pos
-        return (
-            frames > self.chunk_first + self.chunk
-            if stream.mel_pos == 0
-            else (frames > 2 * self.chunk)
-        )
+        next_step = self.chunk_first if stream.mel_pos == 0 else self.chunk
+        return frames > next_step + self.chunk
 
     def _plan_deferred(self, stream: StreamState) -> list[FinalWork]:
         with stream.lock:

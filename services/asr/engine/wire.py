@@ -21,12 +21,12 @@ def encode(ops: list[tuple[Any, ...]]) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def body_size(header: bytes) -> int:
+def body_size(header: bytes | bytearray) -> int:
     """Length of the body that follows ``header``."""
     return _HEADER.unpack(header)[0]
 
 
-def decode(body: bytes) -> list[tuple[Any, ...]]:
+def decode(body: bytes | bytearray) -> list[tuple[Any, ...]]:
     """The operations of one frame body."""
     return pickle.loads(body)
 
@@ -42,7 +42,7 @@ def recv_frame(sock: socket.socket) -> list[tuple[Any, ...]] | None:
     return decode(body)
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
+def _recv_exact(sock: socket.socket, size: int) -> bytearray | None:
     buffer = bytearray(size)
     view = memoryview(buffer)
     got = 0
@@ -51,4 +51,4 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
         if n == 0:
             return None
         got += n
-    return bytes(buffer)
+    return buffer

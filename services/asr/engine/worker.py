@@ -4,8 +4,7 @@ The process runs one :class:`ASREngine` and nothing else, so the engine's schedu
 competes for the interpreter lock with a busy network loop. It serves one or more front ends,
 each over its own socket with two threads: one reads operation batches and applies them (each
 only appends to a stream's inbox), one batches results back. The scheduler thread runs the
-model for all of them. Operations and
-results are described in ``process.py``.
+model for all of them. Operations and results are described in ``process.py``.
 """
 
 from __future__ import annotations
@@ -153,21 +152,23 @@ class _Dispatcher:
 
 
 def _send_loop(sock: socket.socket, outbox: queue.SimpleQueue, engine: Any) -> None:
-    """Send results in batches (whatever queued up while the last batch was written)."""
+    """Send results in batches (whatever queued up while the last batch was written).
+
+    ``None`` in the outbox sends what came before it and stops.
+    """
     next_stats = 0.0
-    while True:
+    stop = False
+    while not stop:
+        batch = []
         try:
-            first = outbox.get(timeout=STATS_INTERVAL_S)
-        except queue.Empty:
-            first = ()
-        batch = [] if first == () else [first]
-        while True:
-            try:
+            batch.append(outbox.get(timeout=STATS_INTERVAL_S))
+            while True:
                 batch.append(outbox.get_nowait())
-            except queue.Empty:
-                break
-        stop = None in batch
-        batch = [item for item in batch if item]
+        except queue.Empty:
+            pass
+        if None in batch:
+            stop = True
+            batch = batch[: batch.index(None)]
         now = time.monotonic()
         if now >= next_stats:
             next_stats = now + STATS_INTERVAL_S
@@ -176,8 +177,6 @@ def _send_loop(sock: socket.socket, outbox: queue.SimpleQueue, engine: Any) -> N
             except Exception:
                 logger.exception("engine stats failed")
         if batch and not _send_now(sock, batch):
-            return
-        if stop:
             return
 
 
