@@ -69,6 +69,7 @@ async def bot(runner_args: RunnerArguments) -> None:
                 "total_secs": turn.total_secs,
                 "parts": turn.parts,
                 "user_stopped_at": turn.user_stopped_at,
+                "user_last_voice_at": turn.user_last_voice_at,
             }
         )
 

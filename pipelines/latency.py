@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from dataclasses import dataclass, field
 
+import numpy as np
 from loguru import logger
+from pipecat.frames.frames import InputAudioRawFrame, VADUserStoppedSpeakingFrame
+from pipecat.observers.base_observer import FramePushed
 from pipecat.observers.user_bot_latency_observer import LatencyBreakdown, UserBotLatencyObserver
+from pipecat.processors.frame_processor import FrameDirection
+
+# RMS of an int16 input frame above which it counts as voiced (about -45 dBFS): the same rule the
+# test client uses for the end of the user's speech, so the two clocks mark the same moment.
+VOICED_RMS = 180.0
 
 
 @dataclass
@@ -17,14 +27,19 @@ class TurnLatency:
     # Wall-clock time (time.time()) of the user's end of speech as the agent placed it (VAD
     # stop minus stop_secs); lets a client on the same host split its transport time.
     user_stopped_at: float | None = None
+    # Wall-clock arrival of the last voiced input audio before the VAD's stop: the VAD's
+    # decision minus stop_secs comes this much later (Silero's confidence outlasts the words).
+    user_last_voice_at: float | None = None
 
 
 class TurnLatencyObserver(UserBotLatencyObserver):
     """Pipecat's latency observer, logging each turn and keeping the last ones.
 
-    The voice-to-voice time runs from the user's real end of speech (VAD stop minus
-    ``stop_secs``) to the bot's first audio; the breakdown names the VAD wait,
-    transcription, LLM and TTS parts. Emits ``on_turn_latency(observer, TurnLatency)``.
+    The voice-to-voice time runs from the user's end of speech as the VAD places it (VAD stop
+    minus ``stop_secs``) to the bot's first audio; the breakdown names the VAD wait,
+    transcription, LLM and TTS parts. The observer also notes when the last voiced audio
+    arrived before each VAD stop, so reports can count the VAD's own lag as VAD wait. Emits
+    ``on_turn_latency(observer, TurnLatency)``.
     """
 
     def __init__(self, *, keep_last: int = 100, **kwargs):
@@ -39,6 +54,23 @@ class TurnLatencyObserver(UserBotLatencyObserver):
         self.turns: list[TurnLatency] = []
         self._register_event_handler("on_turn_latency")
         self.add_event_handler("on_latency_breakdown", self._on_breakdown)
+        self._voiced_at: deque[float] = deque(maxlen=32)
+        self._last_audio_id: int | None = None
+        self._last_voice_before_stop: float | None = None
+
+    async def on_push_frame(self, data: FramePushed):
+        """Note when voiced user audio arrives, then let Pipecat's observer time the turn."""
+        frame = data.frame
+        if data.direction == FrameDirection.DOWNSTREAM:
+            if isinstance(frame, InputAudioRawFrame) and frame.id != self._last_audio_id:
+                # A frame is seen once per hop; the first sighting is its arrival.
+                self._last_audio_id = frame.id
+                if _rms(frame.audio) >= VOICED_RMS:
+                    self._voiced_at.append(time.time())
+            elif isinstance(frame, VADUserStoppedSpeakingFrame):
+                before = [t for t in self._voiced_at if t <= frame.timestamp]
+                self._last_voice_before_stop = before[-1] if before else None
+        await super().on_push_frame(data)
 
     async def _on_breakdown(self, _observer, breakdown: LatencyBreakdown) -> None:
         parts: dict[str, float] = {}
@@ -48,8 +80,16 @@ class TurnLatencyObserver(UserBotLatencyObserver):
             total_secs=breakdown.total_secs,
             parts=parts,
             user_stopped_at=breakdown.user_turn_start_time,
+            user_last_voice_at=self._last_voice_before_stop,
         )
         self.turns = [*self.turns[-(self._keep_last - 1) :], turn]
         summary = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items())
         await self._call_event_handler("on_turn_latency", turn)
         logger.info(f"Turn latency {breakdown.total_secs * 1000:.0f} ms voice-to-voice: {summary}")
+
+
+def _rms(audio: bytes) -> float:
+    samples = np.frombuffer(audio[: len(audio) // 2 * 2], dtype=np.int16)
+    if samples.size == 0:
+        return 0.0
+    return float(np.sqrt(np.mean(samples.astype(np.float32) ** 2)))

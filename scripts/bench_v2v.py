@@ -46,7 +46,7 @@ from tests.e2e.voice_client import WALL_OFFSET, TurnResult, VoiceClient  # noqa:
 
 # Stages of one turn, in timeline order: (name, label, agent breakdown keys).
 STAGES: list[tuple[str, str, tuple[str, ...]]] = [
-    ("vad_wait", "VAD wait", ("endpointing_wait",)),
+    ("vad_wait", "VAD wait (stop_secs + the VAD's lag)", ("endpointing_wait",)),
     ("stt", "final transcript", ("transcription",)),
     ("turn", "turn detection", ("turn_detection",)),
     ("llm", "LLM first token", ("llm_inference",)),
@@ -81,13 +81,22 @@ def stage_times(turn: TurnResult, same_host: bool = False) -> dict[str, float] |
     for name, _label, keys in STAGES:
         times[name] = sum(parts.pop(key, 0.0) for key in keys)
     times["pipeline"] = sum(parts.values())
-    times["transport"] = v2v - server_total
-    # Same host: one wall clock, so the transport splits at the agent's start of the turn into
-    # the way in (uplink, and the VAD deciding later than stop_secs after the last speech it
-    # received) and the way out (output queue, Opus, the client's jitter buffer).
+    # The agent's turn starts at the VAD's decision minus stop_secs; Silero's confidence
+    # outlasts the last word, so that lands after the last voiced audio the agent received.
+    # That lag is the VAD's waiting too: it moves from transport to VAD wait.
     stopped = turn.server_latency.get("user_stopped_at")
+    last_voice = turn.server_latency.get("user_last_voice_at")
+    times["vad_tail"] = 0.0
+    if isinstance(stopped, int | float) and isinstance(last_voice, int | float):
+        times["vad_tail"] = stopped - last_voice
+        times["vad_wait"] += times["vad_tail"]
+    times["transport"] = v2v - server_total - times["vad_tail"]
+    # Same host: one wall clock, so the transport splits at the agent's receipt of the last
+    # voiced audio (or, from an agent that does not report it, at its start of the turn) into
+    # the way in (uplink) and the way out (output queue, Opus, network, decoding).
     if isinstance(stopped, int | float) and same_host:
-        times["transport_in"] = stopped - (turn.speech_end_at + WALL_OFFSET)
+        arrived = stopped - times["vad_tail"]
+        times["transport_in"] = arrived - (turn.speech_end_at + WALL_OFFSET)
         times["transport_out"] = times["transport"] - times["transport_in"]
     times["server_total"] = server_total
     times["total"] = v2v
@@ -98,7 +107,7 @@ def stage_times(turn: TurnResult, same_host: bool = False) -> dict[str, float] |
     # The same, counting the LLM until its first speakable sentence (the TTS cannot start
     # before it) as model time rather than overhead.
     times["overhead_llm_to_sentence"] = times["overhead"] - times["llm_text"]
-    times["agent_overhead"] = server_total - model_time
+    times["agent_overhead"] = server_total + times["vad_tail"] - model_time
     return times
 
 
@@ -260,6 +269,8 @@ def build_summary(records: list[dict]) -> dict:
     if not timed:
         return summary
     keys = [name for name, _, _ in STAGES]
+    if all("vad_tail" in r["stages"] for r in timed):
+        keys.insert(keys.index("vad_wait") + 1, "vad_tail")
     if all("transport_in" in r["stages"] for r in timed):
         keys[keys.index("transport") + 1 : keys.index("transport") + 1] = [
             "transport_in",
@@ -295,8 +306,9 @@ def format_table(summary: dict, meta: dict) -> str:
     lines += [header, "|" + "---|" * (len(PERCENTILES) + 2)]
     labels = {name: label for name, label, _ in STAGES}
     labels |= {
-        "transport_in": "  of which in: uplink, VAD deciding after stop_secs",
-        "transport_out": "  of which out: output queue, Opus, client jitter buffer",
+        "vad_tail": "  of which the VAD's lag past stop_secs (Silero, 32 ms windows)",
+        "transport_in": "  of which in: uplink to the agent's input",
+        "transport_out": "  of which out: output queue, Opus, network, decoding",
         "server_total": "agent total (its own clock)",
         "agent_overhead": "agent overhead (agent total - VAD wait - STT - LLM - TTS)",
         "overhead": "**overhead** (client total - VAD wait - STT - LLM - TTS)",

@@ -11,7 +11,7 @@ def trim_leading_silence(
     sample_rate: int,
     *,
     threshold_dbfs: float = -45.0,
-    keep_s: float = 0.03,
+    keep_s: float = 0.01,
     window_s: float = 0.005,
 ) -> np.ndarray:
     """Drop float audio's leading silence, keeping ``keep_s`` before the first sound.

@@ -139,6 +139,17 @@ def test_bench_stage_times_and_summary():
     assert split["transport_in"] == pytest.approx(0.08)
     assert split["transport_out"] == pytest.approx(0.3 - 0.08)
     assert "transport_in" not in bench.stage_times(turn, same_host=False)
+    # With the agent's receipt of the last voiced audio, the VAD's lag past stop_secs moves from
+    # the way in to the VAD wait; the way out is unchanged.
+    turn.server_latency["user_last_voice_at"] = 10.0 + WALL_OFFSET + 0.02
+    lagged = bench.stage_times(turn, same_host=True)
+    assert lagged["vad_tail"] == pytest.approx(0.06)
+    assert lagged["vad_wait"] == pytest.approx(split["vad_wait"] + 0.06)
+    assert lagged["transport_in"] == pytest.approx(0.02)
+    assert lagged["transport_out"] == pytest.approx(split["transport_out"])
+    assert lagged["overhead"] == pytest.approx(split["overhead"] - 0.06)
+    assert lagged["agent_overhead"] == pytest.approx(split["agent_overhead"])
+    del turn.server_latency["user_last_voice_at"]
     assert bench._same_host("http://127.0.0.1:7860") and not bench._same_host("http://192.0.2.9")
     del turn.server_latency["user_stopped_at"]
     # A breakdown that is not measured from this turn's end of speech is left out.

@@ -48,12 +48,28 @@ AUDIO_STATS_JS = """async () => {
   let found = null;
   stats.forEach((s) => {
     if (s.type === "inbound-rtp" && s.kind === "audio") {
+      // jitterBuffer*: what Chromium's adaptive playout buffer held (seconds summed over the
+      // samples it emitted), reported to compare with the Python client, which has none.
       found = { energy: s.totalAudioEnergy || 0, samples: s.totalSamplesReceived || 0,
-                bytes: s.bytesReceived || 0 };
+                bytes: s.bytesReceived || 0,
+                jitterBufferDelay: s.jitterBufferDelay || 0,
+                jitterBufferTargetDelay: s.jitterBufferTargetDelay || 0,
+                jitterBufferEmittedCount: s.jitterBufferEmittedCount || 0 };
     }
   });
   return found;
 }"""
+
+
+def playout_buffer_ms(audio: dict | None) -> dict[str, float] | None:
+    """Chromium's mean jitter-buffer delay and target for the bot's audio, in ms."""
+    emitted = (audio or {}).get("jitterBufferEmittedCount") or 0
+    if not emitted:
+        return None
+    return {
+        "mean": round(1000 * audio["jitterBufferDelay"] / emitted, 1),
+        "target": round(1000 * audio["jitterBufferTargetDelay"] / emitted, 1),
+    }
 
 
 def write_mic_wav(source: Path, target: Path) -> Path:
@@ -128,6 +144,7 @@ def test_room_page_in_chromium(agent_url, agent_log, question, e2e_dir, record_p
         "transcript": transcript,
         "latencies": latencies,
         "audio_stats": audio,
+        "playout_buffer_ms": playout_buffer_ms(audio),
         "dom": {"user": user_lines, "bot": bot_lines, "latency": latency_lines},
         "console": console[-20:],
     }

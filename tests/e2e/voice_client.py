@@ -6,8 +6,12 @@ RTVI messages (transcripts, bot output, per-turn latency) from the data channel.
 
 The microphone track streams silence in real time and, when asked, a recording; the client
 notes when the recording's speech really ended (its last voiced 20 ms frame, not the file's end)
-and when the bot's first audible frame came back. The difference is voice-to-voice latency as
-the user hears it, transport included. Used by the end-to-end tests and ``scripts/bench_v2v.py``.
+and when the bot's first audible frame came back. The difference is voice-to-voice latency,
+transport included, up to the client's playout buffer: received packets are decoded on arrival
+(the agent's low-latency receive buffer, ``agent/webrtc_tuning.py``), because aiortc's own
+fixed 80 ms prefetch says nothing about the agent, and each player (a browser's adaptive
+jitter buffer, a phone gateway) adds its own. Used by the end-to-end tests and
+``scripts/bench_v2v.py``.
 """
 
 from __future__ import annotations
@@ -245,6 +249,9 @@ class VoiceClient:
         import aiohttp
         from aiortc import RTCPeerConnection, RTCSessionDescription
 
+        from agent.webrtc_tuning import reduce_audio_receive_latency
+
+        reduce_audio_receive_latency()
         pc = self._pc = RTCPeerConnection()
         dc = self._dc = pc.createDataChannel("chat", ordered=True)
         dc_open = asyncio.Event()

@@ -1,0 +1,78 @@
+"""The agent's WebRTC output track keeps a chunk queued, so a late event loop never sends
+silence in the middle of the bot's speech (Pipecat's own track does)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from pipecat.transports.smallwebrtc.transport import RawAudioTrack
+
+from agent.webrtc_tuning import keep_audio_output_fed, lookahead_audio_track_class
+
+RATE = 24000
+CHUNK_MS = 40  # what Pipecat's output transport writes at a time
+WRITER_LOOP_TURNS = 3
+
+
+async def holes_in_speech(track_class: type, chunks: int = 25) -> int:
+    """Silent 10 ms frames the track sends between the first and last chunk of speech.
+
+    A writer like Pipecat's output transport writes 40 ms, awaits the write, and takes a few
+    loop turns to bring the next chunk (its frame hops and queues). The consumer is aiortc's
+    sender after the loop ran late: the track's clock is behind, so every ``recv`` returns at
+    once, with one loop turn for the encoder between frames.
+    """
+    track = track_class(sample_rate=RATE)
+    chunk = (np.full(RATE * CHUNK_MS // 1000, 1000)).astype(np.int16).tobytes()
+
+    async def writer():
+        for _ in range(chunks):
+            await track.add_audio_bytes(chunk)
+            for _ in range(WRITER_LOOP_TURNS):
+                await asyncio.sleep(0)
+
+    writing = asyncio.create_task(writer())
+    await asyncio.sleep(0)
+    track._start -= 10.0  # ten seconds behind: no recv waits
+    levels = []
+    while len([x for x in levels if x]) < chunks * CHUNK_MS // 10:
+        frame = await track.recv()
+        levels.append(int(np.abs(frame.to_ndarray()).max()))
+        await asyncio.sleep(0)  # the sender awaits the encoder between frames
+        if len(levels) > 10 * chunks * CHUNK_MS // 10:
+            break
+    await writing
+    first = next(i for i, level in enumerate(levels) if level)
+    return sum(1 for level in levels[first:] if not level)
+
+
+@pytest.mark.asyncio
+async def test_a_late_loop_leaves_no_silence_inside_speech():
+    assert await holes_in_speech(lookahead_audio_track_class()) == 0
+    # Pipecat's track, written the same way, runs dry at every chunk boundary.
+    assert await holes_in_speech(RawAudioTrack) > 0
+
+
+@pytest.mark.asyncio
+async def test_a_write_returns_once_the_write_before_it_is_sent():
+    track = lookahead_audio_track_class()(sample_rate=RATE)
+    chunk = bytes(2 * RATE * CHUNK_MS // 1000)
+    first = track.add_audio_bytes(chunk)
+    assert first.done()  # nothing queued before it
+    second = track.add_audio_bytes(chunk)
+    assert not second.done()  # waits for the first chunk to be sent
+    track._start -= 10.0
+    for _ in range(CHUNK_MS // 10):
+        await track.recv()
+    assert second.done()
+
+
+def test_the_transport_builds_the_lookahead_track():
+    from pipecat.transports.smallwebrtc import transport
+
+    keep_audio_output_fed()
+    keep_audio_output_fed()
+    assert transport.RawAudioTrack is lookahead_audio_track_class()
+    transport.RawAudioTrack = RawAudioTrack  # leave other tests Pipecat's own
