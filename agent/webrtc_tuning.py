@@ -1,7 +1,7 @@
 """Cut WebRTC audio latency: packets leave the receive buffer on arrival, and the bot's
 outgoing audio never runs dry mid-word.
 
-Receiving. 
+Receiving.
 aiortc (under Pipecat's SmallWebRTC transport) holds every received audio packet until four more
 have arrived (``JitterBuffer(prefetch=4)``), and even with no prefetch it releases a packet only
 when the next one arrives, because a video frame can span several packets. An Opus packet is a

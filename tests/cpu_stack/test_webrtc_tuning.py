@@ -56,10 +56,12 @@ def test_a_late_packet_that_was_given_up_is_dropped():
 def test_a_lost_packet_leaves_bounded_lag_not_aiortcs_300_ms():
     ours = feed(audio_buffer(), [1, *range(3, 40)])
     # After the loss, each arrival releases a frame at most MAX_WAITING packets old.
-    lags = [seq - released for seq, released in zip(range(3, 40), ours[1:]) if released]
+    lags = [
+        seq - released for seq, released in zip(range(3, 40), ours[1:], strict=True) if released
+    ]
     assert lags and max(lags) <= MAX_WAITING
 
     # aiortc's own buffer (what Pipecat's transport would use unpatched) keeps 15 packets queued.
     stock = feed(JitterBuffer(capacity=16, prefetch=0), [1, 2, *range(4, 40)])
-    stock_lags = [s - r for s, r in zip(range(4, 40), stock[2:]) if r]
+    stock_lags = [s - r for s, r in zip(range(4, 40), stock[2:], strict=True) if r]
     assert min(stock_lags[-5:]) >= 14
