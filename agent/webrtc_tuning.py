@@ -25,12 +25,14 @@ on a busy CPU) it catches up at once, finds the queue empty and sends 10 ms of s
 middle of a word: a click, and 10 ms more delay for the rest of the reply. Counted over 33 s of
 replies on two busy cores: 19 such holes. ``LookaheadAudioTrack`` lets the writer go on as soon
 as the previous chunk is sent, so one chunk always waits in the queue (at most 40 ms more audio
-plays after an interruption).
+plays after an interruption). And when speech starts after silence, its first 20 ms go out at
+once instead of one 10 ms clock tick after another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 
@@ -95,8 +97,10 @@ def lookahead_audio_track_class() -> type:
             def __init__(self, sample_rate: int, auto_silence: bool = True):
                 super().__init__(sample_rate, auto_silence)
                 self._previous_write: asyncio.Future | None = None
+                self._restarting = False
 
             def add_audio_bytes(self, audio_bytes: bytes) -> asyncio.Future:
+                self._restarting = self._restarting or not self._chunk_queue
                 sent = super().add_audio_bytes(audio_bytes)
                 previous, self._previous_write = self._previous_write, sent
                 if previous is None or previous.done():
@@ -104,6 +108,16 @@ def lookahead_audio_track_class() -> type:
                     previous = asyncio.get_running_loop().create_future()
                     previous.set_result(True)
                 return previous
+
+            async def recv(self):
+                if self._restarting and self._chunk_queue:
+                    # Audio after silence: this 10 ms chunk and the next are due now, so the
+                    # Opus encoder's first 20 ms packet leaves without waiting for the clock.
+                    # The track then runs at most 10 ms ahead of real time.
+                    self._restarting = False
+                    due_now = time.time() - self._timestamp / self._sample_rate - 0.01
+                    self._start = min(self._start, due_now)
+                return await super().recv()
 
         _lookahead_track_class = LookaheadAudioTrack
     return _lookahead_track_class

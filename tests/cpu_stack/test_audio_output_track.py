@@ -76,3 +76,18 @@ def test_the_transport_builds_the_lookahead_track():
     keep_audio_output_fed()
     assert transport.RawAudioTrack is lookahead_audio_track_class()
     transport.RawAudioTrack = RawAudioTrack  # leave other tests Pipecat's own
+
+
+@pytest.mark.asyncio
+async def test_speech_after_silence_goes_out_without_waiting_for_the_clock():
+    import time
+
+    track = lookahead_audio_track_class()(sample_rate=RATE)
+    for _ in range(3):  # idle: paced silence
+        assert not np.abs((await track.recv()).to_ndarray()).any()
+    track.add_audio_bytes(np.full(RATE * CHUNK_MS // 1000, 1000, np.int16).tobytes())
+    first = await track.recv()
+    # The second 10 ms chunk, which completes the encoder's first 20 ms packet, is due already.
+    assert track._start + track._timestamp / RATE <= time.time()
+    second = await track.recv()
+    assert np.abs(first.to_ndarray()).all() and np.abs(second.to_ndarray()).all()
