@@ -25,8 +25,8 @@ on a busy CPU) it catches up at once, finds the queue empty and sends 10 ms of s
 middle of a word: a click, and 10 ms more delay for the rest of the reply. Counted over 33 s of
 replies on two busy cores: 19 such holes. ``LookaheadAudioTrack`` lets the writer go on as soon
 as the previous chunk is sent, so one chunk always waits in the queue (at most 40 ms more audio
-plays after an interruption). And when speech starts after silence, its first 20 ms go out at
-once instead of one 10 ms clock tick after another.
+plays after an interruption). And when speech starts after silence, its first 20 ms go out the
+moment they are written instead of on the next two 10 ms ticks of the track's clock.
 """
 
 from __future__ import annotations
@@ -98,10 +98,13 @@ def lookahead_audio_track_class() -> type:
                 super().__init__(sample_rate, auto_silence)
                 self._previous_write: asyncio.Future | None = None
                 self._restarting = False
+                self._wakeup: asyncio.Future | None = None
 
             def add_audio_bytes(self, audio_bytes: bytes) -> asyncio.Future:
                 self._restarting = self._restarting or not self._chunk_queue
                 sent = super().add_audio_bytes(audio_bytes)
+                if self._wakeup is not None and not self._wakeup.done():
+                    self._wakeup.set_result(None)
                 previous, self._previous_write = self._previous_write, sent
                 if previous is None or previous.done():
                     # Nothing else queued: let the writer queue the next chunk right away.
@@ -110,6 +113,8 @@ def lookahead_audio_track_class() -> type:
                 return previous
 
             async def recv(self):
+                if not self._chunk_queue and self._timestamp > 0:
+                    await self._idle_until_due()
                 if self._restarting and self._chunk_queue:
                     # Audio after silence: this 10 ms chunk and the next are due now, so the
                     # Opus encoder's first 20 ms packet leaves without waiting for the clock.
@@ -119,8 +124,27 @@ def lookahead_audio_track_class() -> type:
                     self._start = min(self._start, due_now)
                 return await super().recv()
 
+            async def _idle_until_due(self) -> None:
+                """Wait for the next silent frame's time, or less if audio arrives first."""
+                wait = self._start + self._timestamp / self._sample_rate - time.time()
+                if wait <= 0:
+                    return
+                loop = asyncio.get_running_loop()
+                self._wakeup = loop.create_future()
+                timer = loop.call_later(wait, _resolve, self._wakeup)
+                try:
+                    await self._wakeup
+                finally:
+                    timer.cancel()
+                    self._wakeup = None
+
         _lookahead_track_class = LookaheadAudioTrack
     return _lookahead_track_class
 
 
 _lookahead_track_class: type | None = None
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

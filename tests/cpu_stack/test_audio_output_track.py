@@ -91,3 +91,16 @@ async def test_speech_after_silence_goes_out_without_waiting_for_the_clock():
     assert track._start + track._timestamp / RATE <= time.time()
     second = await track.recv()
     assert np.abs(first.to_ndarray()).all() and np.abs(second.to_ndarray()).all()
+
+
+@pytest.mark.asyncio
+async def test_an_idle_track_wakes_when_audio_arrives():
+    track = lookahead_audio_track_class()(sample_rate=RATE)
+    await track.recv()
+    track._start += 5.0  # the next silent frame is due in five seconds
+    waiting = asyncio.create_task(track.recv())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    track.add_audio_bytes(np.full(RATE * CHUNK_MS // 1000, 1000, np.int16).tobytes())
+    frame = await asyncio.wait_for(waiting, timeout=1.0)
+    assert np.abs(frame.to_ndarray()).all()
