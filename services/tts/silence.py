@@ -11,7 +11,7 @@ def trim_leading_silence(
     sample_rate: int,
     *,
     threshold_dbfs: float = -45.0,
-    keep_s: float = 0.01,
+    keep_s: float = 0.0,
     window_s: float = 0.005,
 ) -> np.ndarray:
     """Drop float audio's leading silence, keeping ``keep_s`` before the first sound.
@@ -20,7 +20,8 @@ def trim_leading_silence(
         audio: Mono float samples in [-1, 1].
         sample_rate: Samples per second.
         threshold_dbfs: A window whose peak is below this level counts as silence.
-        keep_s: Silence kept before the first sound, so onsets are not clipped.
+        keep_s: Silence kept before the first sound. The window holding the first sound is
+            kept whole, so up to ``window_s`` before it stays anyway and no onset is clipped.
         window_s: Analysis window.
 
     Returns:
