@@ -12,7 +12,10 @@ time and reports its *whole* text so far. This base turns that into Pipecat fram
   next final pushes only the words the user added, so the user aggregator never gets the first
   part twice (see :func:`unsent_suffix`);
 - at the end of the user turn (``UserStoppedSpeakingFrame``), or after ``reset_after_secs`` of
-  silence past a final, the utterance is accepted (backend reset): the next one starts fresh.
+  silence past a final, the utterance is accepted (backend reset): the next one starts fresh,
+  with the audio heard since the VAD stop (at most ``CARRY_OVER_SECS``) pushed again, because
+  the user may already have started the next sentence (the VAD confirms speech only after its
+  start_secs) and a reset drops whatever the backend was given before it.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ from services.asr.server.metrics import quantile
 # assume): 0.2 s of VAD wait + one finalize step. Measured with tests/stt/test_ttfs.py; the
 # services refine it at run time from their own finals (see ``update_ttfs``).
 NEMOTRON_TTFS_P99 = 0.35
+# Audio since the VAD stop handed to the next utterance when one is accepted: covers a VAD
+# start_secs (0.2 s by default) of speech that began just before the turn ended.
+CARRY_OVER_SECS = 0.5
 
 
 @dataclass
@@ -154,6 +160,8 @@ class CacheAwareSTTService(STTService):
         self._reset_pending = False
         self._silence_reset_task: asyncio.Task | None = None
         self._speech_end_time: float | None = None
+        # Audio pushed since the last VAD stop (None before one): the start of what follows.
+        self._carry: bytearray | None = None
         self._ttfs_samples: collections.deque[float] = collections.deque(maxlen=200)
         self._last_error_time = 0.0
         self.finals_pushed = 0
@@ -265,6 +273,11 @@ class CacheAwareSTTService(STTService):
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
         """Hand the audio to the backend; transcripts are pushed as they come."""
+        if self._carry is not None:
+            self._carry += audio
+            excess = len(self._carry) - 2 * int(CARRY_OVER_SECS * self.sample_rate)
+            if excess > 0:
+                del self._carry[: excess + excess % 2]
         try:
             await self._backend_send(audio)
         except Exception as exc:
@@ -294,6 +307,7 @@ class CacheAwareSTTService(STTService):
             logger.debug(f"{self}: speculative final discarded, speech resumed")
 
     async def _on_speech_stopped(self) -> None:
+        self._carry = bytearray()
         self._final_generation += 1
         if self._final_task is not None and not self._final_task.done():
             await self.cancel_task(self._final_task)
@@ -367,10 +381,13 @@ class CacheAwareSTTService(STTService):
         self._reset_pending = False
         if not from_timer:
             await self._cancel_silence_reset()
+        carry, self._carry = self._carry, None
         if self._key is None:
             return
         try:
             await self._backend_reset()
+            if carry:
+                await self._backend_send(bytes(carry))
         except Exception as exc:
             await self._report_error(f"could not start a new utterance: {exc}", exc)
 

@@ -76,11 +76,12 @@ class FakeRecognizerSTT(CacheAwareSTTService):
         pass
 
     async def _backend_send(self, audio: bytes):
-        code = int(np.frombuffer(audio[:2], "<i2")[0])
-        if code and code != self._last_code:
-            self.words.append(WORDS[code])
-            await self._on_backend_partial(BackendTranscript(" ".join(self.words), self._key))
-        self._last_code = code
+        for start in range(0, len(audio), 640):  # one code per 20 ms frame
+            code = int(np.frombuffer(audio[start : start + 2], "<i2")[0])
+            if code and code != self._last_code:
+                self.words.append(WORDS[code])
+                await self._on_backend_partial(BackendTranscript(" ".join(self.words), self._key))
+            self._last_code = code
 
     async def _backend_finalize(self):
         key, words = self._key, list(self.words)
@@ -91,6 +92,7 @@ class FakeRecognizerSTT(CacheAwareSTTService):
 
     async def _backend_reset(self):
         self.words, self.utterance, self.resets = [], self.utterance + 1, self.resets + 1
+        self._last_code = 0
         self._set_utterance(("fake", self.utterance))
 
 
@@ -173,3 +175,38 @@ async def test_next_turn_starts_fresh_after_the_turn_ends():
             assert await live.wait_for(lambda n=count: len(user_messages(context)) == n)
     assert user_messages(context) == ["hello world", "how are you"]
     assert stt.resets == 2
+
+
+async def test_words_spoken_just_before_the_turn_ends_reach_the_next_utterance():
+    stt = FakeRecognizerSTT()
+    context = LLMContext()
+    async with LivePipeline([stt, user_aggregator(context)]) as live:
+        await live.send(VADUserStartedSpeakingFrame())
+        await live.send_audio(word_audio(1, 2, 0))
+        await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        assert await live.wait_for(lambda: stt.finals_pushed == 1)
+        # The user starts again while the turn is still ending: the VAD has not confirmed it
+        # yet, so the turn ends (and the utterance is accepted) after this audio arrived.
+        await live.send_audio(word_audio(0, 3))
+        assert await live.wait_for(lambda: stt.resets == 1, timeout=5)
+        await live.send(VADUserStartedSpeakingFrame())
+        await live.send_audio(word_audio(4, 5, 0))
+        await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        assert await live.wait_for(lambda: len(user_messages(context)) == 2, timeout=5)
+    assert user_messages(context) == ["hello world", "how are you"]
+
+
+async def test_carry_over_is_bounded_and_starts_at_the_vad_stop():
+    stt = FakeRecognizerSTT()
+    context = LLMContext()
+    async with LivePipeline([stt, user_aggregator(context)]) as live:
+        await live.send(VADUserStartedSpeakingFrame())
+        await live.send_audio(word_audio(1, 2))
+        await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        # One second of silence, then the turn ends: only the last 0.5 s are carried over,
+        # none of the words before the VAD stop.
+        await live.send_audio(word_audio(0, frames_per_word=50))
+        assert await live.wait_for(lambda: stt.resets == 1, timeout=5)
+    assert stt._carry is None
+    assert user_messages(context) == ["hello world"]
+    assert stt.words == []  # nothing of "hello world" came back after the reset
