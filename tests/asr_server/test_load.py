@@ -140,6 +140,32 @@ async def test_cli_server_with_two_front_ends_shares_one_engine(tmp_path):
         finals = [await asyncio.wait_for(await c.send_finalize(), 60) for c in clients]
         # Same audio, same engine: the same transcript through either front end.
         assert len({f["text"] for f in finals}) == 1 and finals[0]["text"]
+        # Whichever front end answers a scrape reports the whole server: both front ends'
+        # connections and audio, relayed through the engine process (every 0.5 s).
+        base = lt.http_base(server.url)
+
+        async def scrape() -> dict[str, float]:
+            status, text = await asyncio.to_thread(lt.http_get, f"{base}/metrics", None, 5.0)
+            assert status == 200
+            return lt.parse_metrics(text)
+
+        def whole(m: dict[str, float]) -> bool:
+            return (
+                m.get("asr_front_ends") == 2
+                and m["asr_connections_total"] == 16
+                and m["asr_streams_live"] == 16
+                and m.get('asr_events_total{type="final"}') == 16
+            )
+
+        for _ in range(40):  # until both front ends' latest counters went round
+            if whole(await scrape()):
+                break
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(1.5)  # every relayed snapshot is now newer than the finals
+        # New HTTP connections, spread by the kernel: 8 scrapes all on one front end, p = 1/128.
+        scrapes = [await scrape() for _ in range(8)]
+        assert all(whole(m) for m in scrapes), scrapes
+        assert all(m["asr_audio_seconds_total"] == pytest.approx(24.0) for m in scrapes)
         for client in clients:
             await client.close()
     text = log.read_text()

@@ -103,6 +103,7 @@ class EngineProcess:
         self._stats_at = 0.0
         self._engine_pid: int | None = None
         self.spare_sockets: list[socket.socket] = []
+        self._front: tuple[int, Callable[[], dict]] | None = None
         self._dead: str | None = None
         self._closing = False
 
@@ -253,6 +254,14 @@ class EngineProcess:
 
     # ---------------- sending ----------------
 
+    def share_front_stats(self, front_end: int, counters: Callable[[], dict]) -> None:
+        """Send ``counters()`` with each stats report, for front ends sharing this engine.
+
+        The engine process hands every front end's latest counters back to all of them in its
+        stats (``front_ends``), so any one can report the whole server (``--workers``).
+        """
+        self._front = (front_end, counters)
+
     def _send(self, op: tuple) -> None:
         """Queue a control operation; it leaves on the next loop iteration."""
         self._open_audio.pop(op[1], None)  # later audio of that stream must follow it
@@ -320,6 +329,12 @@ class EngineProcess:
         if kind == "stats":
             self._stats = op[1]
             self._stats_at = time.monotonic()
+            if self._front is not None:
+                front_end, counters = self._front
+                # Not a stream operation: it needs no ordering, only a flush.
+                self._ops.append(("front_stats", front_end, counters()))
+                if self._flush_handle is None:
+                    self._flush_handle = self._loop.call_soon(self._flush)
             return
         stream = self._streams.get(op[1])
         if stream is None:

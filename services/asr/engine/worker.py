@@ -53,8 +53,9 @@ def run_engine_worker(
         for sock in socks:
             _send_now(sock, [("fatal", f"{type(exc).__name__}: {exc}")])
         return
+    fronts: dict[int, dict] = {}  # front end -> its latest counters, for every /metrics
     threads = [
-        threading.Thread(target=_serve_connection, args=(engine, sock), daemon=True)
+        threading.Thread(target=_serve_connection, args=(engine, sock, fronts), daemon=True)
         for sock in socks
     ]
     for thread in threads:
@@ -64,16 +65,18 @@ def run_engine_worker(
     engine.shutdown()
 
 
-def _serve_connection(engine: Any, sock: socket.socket) -> None:
+def _serve_connection(engine: Any, sock: socket.socket, fronts: dict[int, dict]) -> None:
     """One front end: its streams, its results; returns when it closes the socket."""
     outbox: queue.SimpleQueue = queue.SimpleQueue()
     sender = threading.Thread(
-        target=_send_loop, args=(sock, outbox, engine), name="engine-sender", daemon=True
+        target=_send_loop, args=(sock, outbox, engine, fronts), name="engine-sender", daemon=True
     )
     sender.start()
     outbox.put(("ready", {"pid": os.getpid(), **engine.stats()}))
-    dispatcher = _Dispatcher(engine, outbox)
+    dispatcher = _Dispatcher(engine, outbox, fronts)
     dispatcher.serve(sock)
+    if dispatcher.front_end is not None:  # its counters no longer add to the others'
+        fronts.pop(dispatcher.front_end, None)
     for stream in list(dispatcher.streams.values()):  # the front end is gone: free its slots
         stream.close()
     outbox.put(None)
@@ -83,9 +86,11 @@ def _serve_connection(engine: Any, sock: socket.socket) -> None:
 class _Dispatcher:
     """Applies the front end's operations to the engine (main thread of the process)."""
 
-    def __init__(self, engine: Any, outbox: queue.SimpleQueue) -> None:
+    def __init__(self, engine: Any, outbox: queue.SimpleQueue, fronts: dict[int, dict]) -> None:
         self.engine = engine
         self.outbox = outbox
+        self.fronts = fronts
+        self.front_end: int | None = None
         self.streams: dict[int, Any] = {}
         self.overloaded: set[int] = set()
 
@@ -144,6 +149,10 @@ class _Dispatcher:
         if stream is not None:
             stream.reset()
 
+    def op_front_stats(self, front_end: int, counters: dict) -> None:
+        self.front_end = front_end
+        self.fronts[front_end] = counters
+
     def op_close(self, sid: int) -> None:
         self.overloaded.discard(sid)
         stream = self.streams.pop(sid, None)
@@ -151,7 +160,9 @@ class _Dispatcher:
             stream.close()
 
 
-def _send_loop(sock: socket.socket, outbox: queue.SimpleQueue, engine: Any) -> None:
+def _send_loop(
+    sock: socket.socket, outbox: queue.SimpleQueue, engine: Any, fronts: dict[int, dict]
+) -> None:
     """Send results in batches (whatever queued up while the last batch was written).
 
     ``None`` in the outbox sends what came before it and stops.
@@ -173,7 +184,7 @@ def _send_loop(sock: socket.socket, outbox: queue.SimpleQueue, engine: Any) -> N
         if now >= next_stats:
             next_stats = now + STATS_INTERVAL_S
             try:
-                batch.append(("stats", engine.stats()))
+                batch.append(("stats", {**engine.stats(), "front_ends": dict(fronts)}))
             except Exception:
                 logger.exception("engine stats failed")
         if batch and not _send_now(sock, batch):

@@ -92,16 +92,67 @@ def _flatten(stats: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def render_metrics(server: ASRServer, engine_stats: Mapping[str, Any]) -> str:
-    """All metrics of ``server`` plus the engine's numeric stats, as Prometheus text."""
+# Recent latency samples a front end shares with the others (its own /metrics keeps more).
+SHARED_SAMPLES = 512
+
+
+def front_counters(server: ASRServer) -> dict[str, Any]:
+    """One front end's counters as plain data, to add up with other front ends'."""
     c = server.counters
+    return {
+        "live_streams": server.live_streams,
+        "max_streams": server.config.max_streams,
+        "connections_total": c.connections_total,
+        "rejected": dict(c.rejected),
+        "closed": dict(c.closed),
+        "events": dict(c.events),
+        "errors": dict(c.errors),
+        "audio_seconds": c.audio_seconds,
+        "dropped_partials": c.dropped_partials,
+        "partial_latency": list(c.partial_latency)[-SHARED_SAMPLES:],
+        "final_latency": list(c.final_latency)[-SHARED_SAMPLES:],
+        "rss_bytes": process_rss_bytes(),
+    }
+
+
+def _add_up(fronts: list[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for front in fronts:
+        for key, value in front.items():
+            if isinstance(value, dict):
+                bucket = total.setdefault(key, {})
+                for label, count in value.items():
+                    bucket[label] = bucket.get(label, 0) + count
+            elif isinstance(value, list):
+                total.setdefault(key, []).extend(value)
+            else:
+                total[key] = total.get(key, 0) + value
+    return total
+
+
+def render_metrics(server: ASRServer, engine_stats: Mapping[str, Any]) -> str:
+    """All metrics of the server plus the engine's numeric stats, as Prometheus text.
+
+    With several front ends on one engine process (``--workers``), the server-wide series add
+    up every front end's counters, the others' as the engine process last relayed them (at
+    most ~1 s old), so a scrape gives the same totals whichever front end answers it.
+    """
+    engine_stats = dict(engine_stats)
+    relayed = engine_stats.pop("front_ends", None) or {}
+    own = front_counters(server)
+    others = [c for front, c in relayed.items() if front != server.config.front_end]
+    c = _add_up([own, *others]) if others else own
     w = _Writer()
-    w.add("asr_streams_live", "gauge", "Connections holding an engine stream.", server.live_streams)
-    w.add("asr_streams_max", "gauge", "Stream limit of this server.", server.config.max_streams)
+    w.add("asr_front_ends", "gauge", "Front-end processes counted below.", 1 + len(others))
+    w.add("asr_streams_live", "gauge", "Connections holding an engine stream.", c["live_streams"])
+    w.add("asr_streams_max", "gauge", "Stream limit of the server.", c["max_streams"])
     w.add(
-        "asr_connections_total", "counter", "WebSocket connections accepted.", c.connections_total
+        "asr_connections_total",
+        "counter",
+        "WebSocket connections accepted.",
+        c["connections_total"],
     )
-    for reason, count in sorted(c.rejected.items()):
+    for reason, count in sorted(c["rejected"].items()):
         w.add(
             "asr_connections_rejected_total",
             "counter",
@@ -109,7 +160,7 @@ def render_metrics(server: ASRServer, engine_stats: Mapping[str, Any]) -> str:
             count,
             reason=reason,
         )
-    for code, count in sorted(c.closed.items()):
+    for code, count in sorted(c["closed"].items()):
         w.add(
             "asr_connections_closed_total",
             "counter",
@@ -117,27 +168,33 @@ def render_metrics(server: ASRServer, engine_stats: Mapping[str, Any]) -> str:
             count,
             code=code,
         )
-    w.add("asr_audio_seconds_total", "counter", "Audio received (seconds).", c.audio_seconds)
-    for kind, count in sorted(c.events.items()):
+    w.add("asr_audio_seconds_total", "counter", "Audio received (seconds).", c["audio_seconds"])
+    for kind, count in sorted(c["events"].items()):
         w.add("asr_events_total", "counter", "Events sent to clients.", count, type=kind)
-    for code, count in sorted(c.errors.items()):
+    for code, count in sorted(c["errors"].items()):
         w.add("asr_errors_total", "counter", "Errors reported to clients.", count, code=code)
     w.add(
         "asr_partials_dropped_total",
         "counter",
         "Partials dropped for slow readers.",
-        c.dropped_partials,
+        c["dropped_partials"],
     )
     w.summary(
         "asr_partial_latency_seconds",
         "Engine latency of recent partials (audio complete -> event).",
-        c.partial_latency,
+        [*server.counters.partial_latency, *(x for o in others for x in o["partial_latency"])],
     )
     w.summary(
-        "asr_finalize_seconds", "Finalize request -> final ready, recent requests.", c.final_latency
+        "asr_finalize_seconds",
+        "Finalize request -> final ready, recent requests.",
+        [*server.counters.final_latency, *(x for o in others for x in o["final_latency"])],
     )
-    own = process_rss_bytes()
-    w.add("process_resident_memory_bytes", "gauge", "Resident memory of this process.", own)
+    w.add(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory of this process.",
+        own["rss_bytes"],
+    )
     engine_pid = getattr(server.engine, "pid", None)
     engine_rss = process_rss_bytes(engine_pid) if engine_pid else 0
     if engine_pid:
@@ -150,8 +207,8 @@ def render_metrics(server: ASRServer, engine_stats: Mapping[str, Any]) -> str:
     w.add(
         "asr_server_resident_memory_bytes",
         "gauge",
-        "Resident memory of the server and its engine process together.",
-        own + engine_rss,
+        "Resident memory of the server: its front ends and engine process together.",
+        c["rss_bytes"] + engine_rss,
     )
     for name, value in sorted(_flatten(engine_stats).items()):
         metric = _metric_name("asr_engine", name)

@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import protocol as P
-from .metrics import render_metrics
+from .metrics import front_counters, render_metrics
 
 logger = logging.getLogger(__name__)
 # The websockets library logs every plain HTTP answer (/health, /metrics) as "connection
@@ -193,6 +193,9 @@ class ASRServer:
         """Bind and start accepting connections."""
         cfg = self.config
         self._stopping = False
+        share = getattr(self.engine, "share_front_stats", None)
+        if share is not None:  # an engine process other front ends may share (--workers)
+            share(cfg.front_end, lambda: front_counters(self))
         self._server = await serve(
             self._handle,
             cfg.host,
