@@ -60,7 +60,9 @@ def build(settings: AgentSettings) -> NemotronSTTService:
     config = engine_config(settings)
     with _lock:
         ttfs = _measured_ttfs.get(_key(config), NEMOTRON_TTFS_P99)
-    return NemotronSTTService(engine_config=config, ttfs_p99_latency=ttfs)
+    return NemotronSTTService(
+        engine_config=config, ttfs_p99_latency=ttfs, engine_process=settings.stt.engine_process
+    )
 
 
 def prewarm(settings: AgentSettings) -> None:
@@ -69,6 +71,13 @@ def prewarm(settings: AgentSettings) -> None:
     from services.asr.nemotron_stt import measure_finalize_latency
 
     config = engine_config(settings)
+    if settings.stt.engine_process:
+        # An engine process belongs to the event loop that starts it: the first session's.
+        logger.info(
+            "Nemotron ASR runs in its own process (stt.engine_process): it loads when the first "
+            "session starts"
+        )
+        return
     logger.info(
         f"Loading Nemotron ASR {config.model} on {config.resolved_device()} ({config.dtype}, "
         f"{config.chunk_ms} ms chunks); the first load of a hub model downloads it"

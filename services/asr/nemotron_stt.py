@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 from loguru import logger
 
-from services.asr.engine import ASREngine, ASRStream, EngineConfig, EngineFullError, get_engine
+from services.asr.engine import (
+    ASREngine,
+    ASRStream,
+    EngineConfig,
+    EngineFullError,
+    StreamClosedError,
+    get_engine,
+    shared_engine_process,
+)
 from services.asr.stt_base import (
     NEMOTRON_TTFS_P99,
     BackendTranscript,
@@ -55,6 +63,7 @@ class NemotronSTTService(CacheAwareSTTService):
         engine_config: EngineConfig | None = None,
         settings: NemotronSTTSettings | None = None,
         reopen_interval_secs: float = 2.0,
+        engine_process: bool = False,
         **kwargs,
     ):
         """Initialize the service.
@@ -66,6 +75,10 @@ class NemotronSTTService(CacheAwareSTTService):
             settings: Runtime settings (model is informational; language ``en``).
             reopen_interval_secs: After a stream could not be opened (engine full), how often
                 to try again while audio keeps coming.
+            engine_process: Without ``engine``, run the engine for ``engine_config`` in a child
+                process shared by every session on this event loop, so the sessions' frame
+                processing and the engine's scheduler never compete for Python's interpreter
+                lock (what many sessions per bot process need).
             **kwargs: Passed to ``CacheAwareSTTService`` / ``STTService`` (``ttfs_p99_latency``,
                 ``reset_after_secs``, ``audio_passthrough``...).
         """
@@ -79,6 +92,8 @@ class NemotronSTTService(CacheAwareSTTService):
         self._reader: asyncio.Task | None = None
         self._reopen_interval = reopen_interval_secs
         self._next_open_attempt = 0.0
+        self._engine_process = engine_process and engine is None
+        self._restart: asyncio.Task | None = None
 
     @property
     def engine(self) -> ASREngine | None:
@@ -86,7 +101,10 @@ class NemotronSTTService(CacheAwareSTTService):
         return self._engine
 
     async def _backend_open(self) -> None:
-        if self._engine is None:
+        if self._engine_process and (self._engine is None or self._engine.is_shutdown):
+            # The first session starts it (the model loads in the child); the rest share it.
+            self._engine = await shared_engine_process(self._engine_config)
+        elif self._engine is None:
             logger.info(f"{self}: loading ASR engine {self._engine_config.model}...")
             # Model loading takes seconds: never on the event loop.
             self._engine = await asyncio.to_thread(get_engine, self._engine_config)
@@ -103,6 +121,9 @@ class NemotronSTTService(CacheAwareSTTService):
                 exc,
             )
             return False
+        except StreamClosedError as exc:  # an engine process that just died
+            await self._report_error(f"ASR engine unavailable: {exc}", exc)
+            return False
         self._stream = stream
         self._set_utterance((stream.id, stream.utterance))
         self._reader = self.create_task(self._read_partials(stream), name="asr_partials")
@@ -111,24 +132,40 @@ class NemotronSTTService(CacheAwareSTTService):
     async def _read_partials(self, stream: ASRStream) -> None:
         try:
             async for event in stream.events():
+                # Keyed by the stream as this side names it (an engine process names its
+                # streams its own way).
                 await self._on_backend_partial(
-                    BackendTranscript(event.text, (event.stream_id, event.utterance))
+                    BackendTranscript(event.text, (stream.id, event.utterance))
                 )
         except Exception as exc:
             await self._report_error(f"ASR stream failed: {exc}", exc)
+
+    async def _restart_engine(self) -> None:
+        try:
+            self._engine = await shared_engine_process(self._engine_config)
+        except Exception as exc:
+            await self._report_error(f"the ASR engine process could not restart: {exc}", exc)
 
     async def _backend_close(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:
             stream.close()  # frees the slot at once; ends the partials reader
-        reader, self._reader = self._reader, None
-        if reader is not None and not reader.done():
-            await self.cancel_task(reader)
+        for task in (self._reader, self._restart):
+            if task is not None and not task.done():
+                await self.cancel_task(task)
+        self._reader = self._restart = None
         self._set_utterance(None)
 
     async def _backend_send(self, audio: bytes) -> None:
         if self._stream is None or self._stream.closed:
             if self._engine is None or time.monotonic() < self._next_open_attempt:
+                return
+            if self._engine_process and self._engine.is_shutdown:
+                # The engine process died: a new one loads in the background; the audio until
+                # it is ready goes untranscribed.
+                self._next_open_attempt = time.monotonic() + self._reopen_interval
+                if self._restart is None or self._restart.done():
+                    self._restart = self.create_task(self._restart_engine(), "asr_engine_restart")
                 return
             if self._stream is not None:
                 await self._backend_close()
@@ -137,10 +174,11 @@ class NemotronSTTService(CacheAwareSTTService):
         self._stream.push_audio(audio)
 
     async def _backend_finalize(self) -> BackendTranscript | None:
-        if self._stream is None:
+        stream = self._stream
+        if stream is None:
             return None
-        event = await self._stream.finalize()
-        return BackendTranscript(event.text, (event.stream_id, event.utterance))
+        event = await stream.finalize()
+        return BackendTranscript(event.text, (stream.id, event.utterance))
 
     async def _backend_reset(self) -> None:
         if self._stream is None:

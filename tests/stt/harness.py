@@ -8,6 +8,7 @@ through every processor, and a collector at the end records what comes out each 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -38,7 +39,14 @@ class Collector(FrameProcessor):
 class LivePipeline:
     """``async with LivePipeline([stt, ...]) as live: await live.send(...)``."""
 
-    def __init__(self, processors: list[FrameProcessor], params: PipelineParams | None = None):
+    def __init__(
+        self,
+        processors: list[FrameProcessor],
+        params: PipelineParams | None = None,
+        *,
+        start_timeout: float = 10.0,
+    ):
+        self.start_timeout = start_timeout
         self.up = Collector(FrameDirection.UPSTREAM)
         self.down = Collector(FrameDirection.DOWNSTREAM)
         self.worker = PipelineWorker(
@@ -58,7 +66,15 @@ class LivePipeline:
         runner = WorkerRunner(handle_sigint=False)
         await runner.add_workers(self.worker)
         self._task = asyncio.create_task(runner.run())
-        await asyncio.wait_for(started.wait(), 10)
+        try:
+            await asyncio.wait_for(started.wait(), self.start_timeout)
+        except BaseException:
+            # Leave nothing running behind a failed start (it would hang the loop's shutdown).
+            await self.worker.cancel()
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._task, 10)
+            raise
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -135,3 +135,69 @@ async def test_stream_is_freed_when_the_pipeline_ends(tiny_engine):
 async def test_measure_finalize_latency(tiny_engine):
     seconds = await asyncio.to_thread(measure_finalize_latency, tiny_engine, runs=2)
     assert 0 < seconds < 5
+
+
+async def test_sessions_share_one_engine_process_that_restarts_after_dying(tiny_nemo):
+    """``engine_process=True``: the engine runs in one child process for every session."""
+    import os
+    import signal
+
+    from pipecat.frames.frames import ErrorFrame as PipelineError
+
+    from services.asr.engine import EngineConfig, EngineProcess
+
+    config = EngineConfig(model=str(tiny_nemo), device="cpu", dtype="fp32", chunk_ms=160)
+    stts = [
+        NemotronSTTService(
+            engine_config=config,
+            engine_process=True,
+            reset_after_secs=None,
+            reopen_interval_secs=0.2,
+        )
+        for _ in range(2)
+    ]
+    pcm = speechlike_pcm(1.2)
+
+    async def turn(live: LivePipeline, stt: NemotronSTTService) -> None:
+        pushed = stt.finals_pushed
+        await live.send(VADUserStartedSpeakingFrame())
+        await live.send_audio(pcm)
+        await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        assert await live.wait_for(lambda: stt.finals_pushed == pushed + 1, timeout=30)
+
+    engine = None
+    try:
+        # The first session's start waits for the engine process to load the model.
+        async with (
+            LivePipeline([stts[0]], start_timeout=120) as first,
+            LivePipeline([stts[1]], start_timeout=120) as second,
+        ):
+            await asyncio.gather(turn(first, stts[0]), turn(second, stts[1]))
+            engine = stts[0].engine
+            assert isinstance(engine, EngineProcess) and stts[1].engine is engine
+            assert engine.pid != os.getpid()
+            finals = [
+                f
+                for live in (first, second)
+                for f in live.down.frames
+                if isinstance(f, TranscriptionFrame)
+            ]
+            # Same audio, same engine: the same text for both sessions.
+            assert len(finals) == 2 and finals[0].text and finals[0].text == finals[1].text
+
+            # The engine process dies: the session reports it and goes on; a new process
+            # loads in the background and the next turn is transcribed again.
+            os.kill(engine.pid, signal.SIGKILL)
+            assert await first.wait_for(
+                lambda: any(isinstance(f, PipelineError) for f in first.up.frames), timeout=30
+            )
+            await first.send_audio(speechlike_pcm(0.4, seed=3))
+            assert await first.wait_for(
+                lambda: stts[0].engine is not engine and not stts[0].engine.is_shutdown, timeout=60
+            )
+            await first.send_audio(speechlike_pcm(0.4, seed=4))  # reopens its stream
+            await turn(first, stts[0])
+    finally:
+        for candidate in {engine, stts[0].engine}:
+            if isinstance(candidate, EngineProcess):
+                await candidate.aclose()

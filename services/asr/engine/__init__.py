@@ -34,6 +34,7 @@ _EXPORTS = {
     "get_engine": ".engine",
     "ModelLoadError": ".loader",
     "EngineProcess": ".process",
+    "shared_engine_process": ".process",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -27,6 +27,7 @@ import logging
 import multiprocessing
 import socket
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -321,7 +322,7 @@ class EngineProcess:
                 await self._reap(2.0)
                 code = self._process.exitcode if self._process else None
                 self._on_dead(
-                    f"the ASR engine process exited (exit code {code}); restart the server"
+                    f"the ASR engine process exited (exit code {code}); see its log above"
                 )
 
     def _dispatch(self, op: tuple) -> None:
@@ -360,6 +361,30 @@ class EngineProcess:
     def _forget(self, sid: int) -> None:
         if self._streams.pop(sid, None) is not None and self._dead is None and self._writer:
             self._send(("close", sid))
+
+
+# One engine process per (settings, event loop): every session of a bot process shares it.
+_shared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+async def shared_engine_process(
+    config: EngineConfig, *, init: Callable[[], None] | None = None
+) -> EngineProcess:
+    """The running engine process for ``config`` on this event loop, started on first use.
+
+    A process that died is replaced by a new one on the next call (its streams have failed).
+
+    Raises:
+        EngineProcessError: the model failed to load in the new process.
+    """
+    lock, engines = _shared.setdefault(asyncio.get_running_loop(), (asyncio.Lock(), {}))
+    async with lock:
+        engine = engines.get(config)
+        if engine is None or engine.is_shutdown:
+            engine = EngineProcess(config, init=init)
+            await engine.start()
+            engines[config] = engine
+        return engine
 
 
 class ProcessStream:
