@@ -58,9 +58,10 @@ class STTSettings(_Section):
     device: str = "auto"
     dtype: Literal["fp32", "bf16"] = "bf16"
     chunk_ms: Literal[80, 160, 560, 1120] = 160
-    # Run the in-process engine in a child process shared by the bot's sessions: their frame
-    # processing and the engine's scheduler then never compete for the interpreter lock.
-    engine_process: bool = False
+    # Run the engine in a child process shared by the bot's sessions: their frame processing and
+    # the engine's scheduler then never compete for the interpreter lock
+    # (scripts/bench_stt_sessions.py). False: in this process, on a scheduler thread.
+    engine_process: bool = True
     language: str = "en"
     server_url: str = "ws://127.0.0.1:8765"
     server_token: SecretStr | None = None

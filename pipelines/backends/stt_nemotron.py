@@ -8,6 +8,7 @@ turn strategies instead of a guess.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -72,10 +73,23 @@ def prewarm(settings: AgentSettings) -> None:
 
     config = engine_config(settings)
     if settings.stt.engine_process:
-        # An engine process belongs to the event loop that starts it: the first session's.
+        from agent.logs import setup_logging
+        from services.asr.engine import prespawn_engine_process
+
+        # The model loads in the child now; the first session's event loop attaches to it.
         logger.info(
-            "Nemotron ASR runs in its own process (stt.engine_process): it loads when the first "
-            "session starts"
+            f"Loading Nemotron ASR {config.model} on {config.resolved_device()} in its own "
+            f"process ({config.dtype}, {config.chunk_ms} ms chunks); the first load of a hub "
+            "model downloads it"
+        )
+        started = time.perf_counter()
+        engine = prespawn_engine_process(
+            config, init=functools.partial(setup_logging, settings.log_level)
+        )
+        engine.wait_ready()
+        logger.info(
+            f"Nemotron ASR engine process ready in {time.perf_counter() - started:.1f} s; "
+            "sessions attach to it"
         )
         return
     logger.info(

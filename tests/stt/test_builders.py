@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -44,7 +45,9 @@ def test_prewarm_loads_the_shared_engine_and_measures_ttfs(tiny_nemo):
     from pipelines.backends import stt_nemotron
     from services.asr.engine import get_engine
 
-    settings = settings_with(backend="nemotron", model=str(tiny_nemo), device="cpu")
+    settings = settings_with(
+        backend="nemotron", model=str(tiny_nemo), device="cpu", engine_process=False
+    )
     stt_nemotron.prewarm(settings)
     engine = get_engine(stt_nemotron.engine_config(settings))
     try:
@@ -54,6 +57,39 @@ def test_prewarm_loads_the_shared_engine_and_measures_ttfs(tiny_nemo):
         assert all(c.ok for c in checks if c.required), [c for c in checks if not c.ok]
     finally:
         engine.shutdown()
+
+
+async def test_prewarm_loads_the_engine_process_that_sessions_attach_to(tiny_nemo):
+    from pipecat.frames.frames import (
+        TranscriptionFrame,
+        VADUserStartedSpeakingFrame,
+        VADUserStoppedSpeakingFrame,
+    )
+
+    from pipelines.backends import stt_nemotron
+    from services.asr.engine import EngineProcess
+    from services.asr.engine.process import _prespawned
+    from tests.asr_server.tiny import speechlike_pcm
+    from tests.stt.harness import LivePipeline
+
+    settings = settings_with(backend="nemotron", model=str(tiny_nemo), device="cpu")
+    assert settings.stt.engine_process  # the default
+    # At start-up, before any event loop: the child loads the model, prewarm waits for it.
+    await asyncio.to_thread(stt_nemotron.prewarm, settings)
+    spawned = _prespawned[stt_nemotron.engine_config(settings)]
+    assert isinstance(spawned, EngineProcess) and spawned._first_ops is not None
+    service = stt_nemotron.build(settings)
+    try:
+        async with LivePipeline([service]) as live:  # attaches at once: no model load here
+            assert service.engine is spawned and spawned.pid != os.getpid()
+            await live.send(VADUserStartedSpeakingFrame())
+            await live.send_audio(speechlike_pcm(1.0))
+            await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+            assert await live.wait_for(lambda: service.finals_pushed == 1, timeout=30)
+        finals = [f for f in live.down.frames if isinstance(f, TranscriptionFrame)]
+        assert finals and finals[0].finalized and finals[0].text
+    finally:
+        await spawned.aclose()
 
 
 async def test_remote_checks_and_prewarm(start_server):

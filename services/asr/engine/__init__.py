@@ -35,6 +35,7 @@ _EXPORTS = {
     "ModelLoadError": ".loader",
     "EngineProcess": ".process",
     "shared_engine_process": ".process",
+    "prespawn_engine_process": ".process",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -104,6 +104,8 @@ class EngineProcess:
         self._stats_at = 0.0
         self._engine_pid: int | None = None
         self.spare_sockets: list[socket.socket] = []
+        self._spawned_sock: socket.socket | None = None
+        self._first_ops: list[tuple] | None = None  # the child's first message, read early
         self._front: tuple[int, Callable[[], dict]] | None = None
         self._dead: str | None = None
         self._closing = False
@@ -134,6 +136,19 @@ class EngineProcess:
             EngineProcessError: the model failed to load (the child's reason is in the message)
                 or the child died or did not become ready in ``start_timeout_s``.
         """
+        if self._process is None:
+            self.spawn(extra_connections=extra_connections)
+        elif extra_connections:
+            raise ValueError("extra_connections must be given to spawn(), which already ran")
+        sock, self._spawned_sock = self._spawned_sock, None
+        await self.attach(sock)
+
+    def spawn(self, *, extra_connections: int = 0) -> None:
+        """Start the child now, without an event loop; :meth:`start` later waits for it.
+
+        The model loads while the caller does other things (the bot's start-up), and the
+        event loop that will use the engine attaches once it runs.
+        """
         pairs = [socket.socketpair() for _ in range(1 + extra_connections)]
         context = multiprocessing.get_context("spawn")
         self._process = context.Process(
@@ -145,9 +160,37 @@ class EngineProcess:
         self._process.start()
         for _, theirs in pairs:
             theirs.close()
+        self._spawned_sock = pairs[0][0]
         self.spare_sockets = [ours for ours, _ in pairs[1:]]
         logger.info("ASR engine process started (pid %d); loading the model...", self._process.pid)
-        await self.attach(pairs[0][0])
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until the spawned child has loaded its model (no event loop needed).
+
+        Raises:
+            EngineProcessError: the model failed to load, or not within ``timeout``.
+        """
+        sock = self._spawned_sock
+        if sock is None or self._first_ops is not None:
+            return
+        sock.settimeout(timeout or self._start_timeout)
+        try:
+            ops = wire.recv_frame(sock)
+        except TimeoutError:
+            self._process.kill()
+            raise EngineProcessError(
+                f"the ASR engine process did not load its model in {timeout:g} s"
+            ) from None
+        finally:
+            sock.settimeout(None)
+        if not ops or ops[0][0] != "ready":
+            self._process.join(5)
+            reason = ops[0][1] if ops and ops[0][0] == "fatal" else "it exited"
+            raise EngineProcessError(
+                f"the ASR engine process failed to start: {reason} "
+                f"(exit code {self._process.exitcode}); see the log above"
+            )
+        self._first_ops = ops
 
     async def attach(self, sock: socket.socket) -> None:
         """Serve streams over ``sock``, one connection to an engine process started elsewhere.
@@ -159,7 +202,9 @@ class EngineProcess:
         self._reader, self._writer = await asyncio.open_unix_connection(sock=sock)
         started = time.monotonic()
         try:
-            ops = await asyncio.wait_for(self._read_frame(), self._start_timeout)
+            ops, self._first_ops = self._first_ops, None
+            if ops is None:
+                ops = await asyncio.wait_for(self._read_frame(), self._start_timeout)
         except TimeoutError:
             if self._process is not None:
                 self._process.kill()
@@ -365,6 +410,22 @@ class EngineProcess:
 
 # One engine process per (settings, event loop): every session of a bot process shares it.
 _shared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Started before any event loop ran (``prespawn_engine_process``), waiting for one to attach.
+_prespawned: dict[EngineConfig, EngineProcess] = {}
+
+
+def prespawn_engine_process(
+    config: EngineConfig, *, init: Callable[[], None] | None = None
+) -> EngineProcess:
+    """Start loading the shared engine process for ``config`` now (no event loop needed).
+
+    The first :func:`shared_engine_process` call for ``config`` takes it over.
+    """
+    engine = _prespawned.get(config)
+    if engine is None:
+        engine = _prespawned[config] = EngineProcess(config, init=init)
+        engine.spawn()
+    return engine
 
 
 async def shared_engine_process(
@@ -381,7 +442,7 @@ async def shared_engine_process(
     async with lock:
         engine = engines.get(config)
         if engine is None or engine.is_shutdown:
-            engine = EngineProcess(config, init=init)
+            engine = _prespawned.pop(config, None) or EngineProcess(config, init=init)
             await engine.start()
             engines[config] = engine
         return engine
