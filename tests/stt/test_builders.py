@@ -92,6 +92,18 @@ async def test_prewarm_loads_the_engine_process_that_sessions_attach_to(tiny_nem
         await spawned.aclose()
 
 
+def test_prewarm_fails_at_start_up_when_the_engine_process_cannot_load(tmp_path):
+    from pipelines.backends import stt_nemotron
+    from services.asr.engine.process import EngineProcessError, _prespawned
+
+    missing = tmp_path / "missing.nemo"
+    settings = settings_with(backend="nemotron", model=str(missing), device="cpu")
+    with pytest.raises(EngineProcessError, match="failed to start"):
+        stt_nemotron.prewarm(settings)
+    # A session would not attach to it: it starts a new process instead.
+    assert _prespawned.pop(stt_nemotron.engine_config(settings)).is_shutdown
+
+
 async def test_remote_checks_and_prewarm(start_server):
     from pipelines.backends import stt_remote
 

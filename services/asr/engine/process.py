@@ -178,18 +178,18 @@ class EngineProcess:
             ops = wire.recv_frame(sock)
         except TimeoutError:
             self._process.kill()
-            raise EngineProcessError(
-                f"the ASR engine process did not load its model in {timeout:g} s"
-            ) from None
+            self._dead = f"the ASR engine process did not load its model in {timeout:g} s"
+            raise EngineProcessError(self._dead) from None
         finally:
             sock.settimeout(None)
         if not ops or ops[0][0] != "ready":
             self._process.join(5)
             reason = ops[0][1] if ops and ops[0][0] == "fatal" else "it exited"
-            raise EngineProcessError(
+            self._dead = (
                 f"the ASR engine process failed to start: {reason} "
                 f"(exit code {self._process.exitcode}); see the log above"
             )
+            raise EngineProcessError(self._dead)
         self._first_ops = ops
 
     async def attach(self, sock: socket.socket) -> None:
@@ -442,7 +442,9 @@ async def shared_engine_process(
     async with lock:
         engine = engines.get(config)
         if engine is None or engine.is_shutdown:
-            engine = _prespawned.pop(config, None) or EngineProcess(config, init=init)
+            engine = _prespawned.pop(config, None)
+            if engine is None or engine.is_shutdown:  # none spawned, or it failed to load
+                engine = EngineProcess(config, init=init)
             await engine.start()
             engines[config] = engine
         return engine
