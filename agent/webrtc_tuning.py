@@ -34,12 +34,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+from aiortc import rtcrtpreceiver
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from pipecat.transports.smallwebrtc import transport as smallwebrtc_transport
+from pipecat.transports.smallwebrtc.transport import RawAudioTrack
 
 # Newer audio packets allowed to wait behind a missing one (and behind the one being released).
 MAX_WAITING = 2
-
-_applied = False
 
 
 class LowLatencyAudioJitterBuffer(JitterBuffer):
@@ -67,82 +68,62 @@ class LowLatencyAudioJitterBuffer(JitterBuffer):
         return self._packets[(self._origin + offset) % self._capacity]
 
 
+class LookaheadAudioTrack(RawAudioTrack):
+    """Pipecat's output track; a write returns once the write before it is sent."""
+
+    def __init__(self, sample_rate: int, auto_silence: bool = True):
+        super().__init__(sample_rate, auto_silence)
+        self._previous_write: asyncio.Future | None = None
+        self._restarting = False
+        self._wakeup: asyncio.Future | None = None
+
+    def add_audio_bytes(self, audio_bytes: bytes) -> asyncio.Future:
+        self._restarting = self._restarting or not self._chunk_queue
+        sent = super().add_audio_bytes(audio_bytes)
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+        previous, self._previous_write = self._previous_write, sent
+        if previous is None or previous.done():
+            # Nothing else queued: let the writer queue the next chunk right away.
+            previous = asyncio.get_running_loop().create_future()
+            previous.set_result(True)
+        return previous
+
+    async def recv(self):
+        if not self._chunk_queue and self._timestamp > 0:
+            await self._idle_until_due()
+        if self._restarting and self._chunk_queue:
+            # Audio after silence: this 10 ms chunk and the next are due now, so the
+            # Opus encoder's first 20 ms packet leaves without waiting for the clock.
+            # The track then runs at most 10 ms ahead of real time.
+            self._restarting = False
+            due_now = time.time() - self._timestamp / self._sample_rate - 0.01
+            self._start = min(self._start, due_now)
+        return await super().recv()
+
+    async def _idle_until_due(self) -> None:
+        """Wait for the next silent frame's time, or less if audio arrives first."""
+        wait = self._start + self._timestamp / self._sample_rate - time.time()
+        if wait <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._wakeup = loop.create_future()
+        timer = loop.call_later(wait, _resolve, self._wakeup)
+        try:
+            await self._wakeup
+        finally:
+            timer.cancel()
+            self._wakeup = None
+
+
 def reduce_audio_receive_latency() -> None:
     """Make aiortc's receivers release audio packets on arrival (idempotent; process-wide)."""
-    global _applied
-    if _applied:
-        return
-    from aiortc import rtcrtpreceiver
-
     rtcrtpreceiver.JitterBuffer = LowLatencyAudioJitterBuffer
-    _applied = True
 
 
 def keep_audio_output_fed() -> None:
     """Make Pipecat's SmallWebRTC transport send through ``LookaheadAudioTrack`` (idempotent)."""
-    from pipecat.transports.smallwebrtc import transport
-
-    transport.RawAudioTrack = lookahead_audio_track_class()
-
-
-def lookahead_audio_track_class() -> type:
-    """``LookaheadAudioTrack``, built on first use so importing this module needs no Pipecat."""
-    global _lookahead_track_class
-    if _lookahead_track_class is None:
-        from pipecat.transports.smallwebrtc.transport import RawAudioTrack
-
-        class LookaheadAudioTrack(RawAudioTrack):
-            """Pipecat's output track; a write returns once the write before it is sent."""
-
-            def __init__(self, sample_rate: int, auto_silence: bool = True):
-                super().__init__(sample_rate, auto_silence)
-                self._previous_write: asyncio.Future | None = None
-                self._restarting = False
-                self._wakeup: asyncio.Future | None = None
-
-            def add_audio_bytes(self, audio_bytes: bytes) -> asyncio.Future:
-                self._restarting = self._restarting or not self._chunk_queue
-                sent = super().add_audio_bytes(audio_bytes)
-                if self._wakeup is not None and not self._wakeup.done():
-                    self._wakeup.set_result(None)
-                previous, self._previous_write = self._previous_write, sent
-                if previous is None or previous.done():
-                    # Nothing else queued: let the writer queue the next chunk right away.
-                    previous = asyncio.get_running_loop().create_future()
-                    previous.set_result(True)
-                return previous
-
-            async def recv(self):
-                if not self._chunk_queue and self._timestamp > 0:
-                    await self._idle_until_due()
-                if self._restarting and self._chunk_queue:
-                    # Audio after silence: this 10 ms chunk and the next are due now, so the
-                    # Opus encoder's first 20 ms packet leaves without waiting for the clock.
-                    # The track then runs at most 10 ms ahead of real time.
-                    self._restarting = False
-                    due_now = time.time() - self._timestamp / self._sample_rate - 0.01
-                    self._start = min(self._start, due_now)
-                return await super().recv()
-
-            async def _idle_until_due(self) -> None:
-                """Wait for the next silent frame's time, or less if audio arrives first."""
-                wait = self._start + self._timestamp / self._sample_rate - time.time()
-                if wait <= 0:
-                    return
-                loop = asyncio.get_running_loop()
-                self._wakeup = loop.create_future()
-                timer = loop.call_later(wait, _resolve, self._wakeup)
-                try:
-                    await self._wakeup
-                finally:
-                    timer.cancel()
-                    self._wakeup = None
-
-        _lookahead_track_class = LookaheadAudioTrack
-    return _lookahead_track_class
-
-
-_lookahead_track_class: type | None = None
+    smallwebrtc_transport.RawAudioTrack = LookaheadAudioTrack
 
 
 def _resolve(future: asyncio.Future) -> None:

@@ -13,8 +13,9 @@ from pipecat.observers.base_observer import FramePushed
 from pipecat.observers.user_bot_latency_observer import LatencyBreakdown, UserBotLatencyObserver
 from pipecat.processors.frame_processor import FrameDirection
 
-# RMS of an int16 input frame above which it counts as voiced (about -45 dBFS): the same rule the
-# test client uses for the end of the user's speech, so the two clocks mark the same moment.
+# RMS of a 20 ms int16 frame above which it counts as voiced (about -45 dBFS): well above the
+# codec's noise floor on silence, well below any speech. The test client marks the end of the
+# user's speech by the same rule, so the two clocks mark the same moment.
 VOICED_RMS = 180.0
 
 
@@ -65,7 +66,8 @@ class TurnLatencyObserver(UserBotLatencyObserver):
             if isinstance(frame, InputAudioRawFrame) and frame.id != self._last_audio_id:
                 # A frame is seen once per hop; the first sighting is its arrival.
                 self._last_audio_id = frame.id
-                if _rms(frame.audio) >= VOICED_RMS:
+                samples = np.frombuffer(frame.audio[: len(frame.audio) // 2 * 2], np.int16)
+                if frame_rms(samples) >= VOICED_RMS:
                     self._voiced_at.append(time.time())
             elif isinstance(frame, VADUserStoppedSpeakingFrame):
                 before = [t for t in self._voiced_at if t <= frame.timestamp]
@@ -88,8 +90,8 @@ class TurnLatencyObserver(UserBotLatencyObserver):
         logger.info(f"Turn latency {breakdown.total_secs * 1000:.0f} ms voice-to-voice: {summary}")
 
 
-def _rms(audio: bytes) -> float:
-    samples = np.frombuffer(audio[: len(audio) // 2 * 2], dtype=np.int16)
+def frame_rms(samples: np.ndarray) -> float:
+    """RMS of int16 samples, as float."""
     if samples.size == 0:
         return 0.0
-    return float(np.sqrt(np.mean(samples.astype(np.float32) ** 2)))
+    return float(np.sqrt(np.mean(samples.astype(np.float64) ** 2)))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import platform
@@ -261,7 +260,12 @@ def main() -> int:
 
     logger.remove()  # Pipecat's per-frame debug lines would cost both modes CPU
     logger.add(sys.stderr, level="WARNING")
-    model = args.model or str(_loadtest().tiny_model_path())
+    if args.model:
+        model = args.model
+    else:
+        from loadtest_asr import tiny_model_path  # beside this script: its cached tiny model
+
+        model = str(tiny_model_path())
     args.out.mkdir(parents=True, exist_ok=True)
     results = [asyncio.run(run_mode(mode, args, model)) for mode in args.modes.split(",")]
     meta = {
@@ -279,14 +283,6 @@ def main() -> int:
     print(text)
     print(f"wrote {args.out}/results.json, table.md, stt_sessions.png")
     return 0
-
-
-def _loadtest():
-    spec = importlib.util.spec_from_file_location("loadtest_asr", ROOT / "scripts/loadtest_asr.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 if __name__ == "__main__":

@@ -72,17 +72,17 @@ def prewarm(settings: AgentSettings) -> None:
     from services.asr.nemotron_stt import measure_finalize_latency
 
     config = engine_config(settings)
+    where = " in its own process" if settings.stt.engine_process else ""
+    logger.info(
+        f"Loading Nemotron ASR {config.model} on {config.resolved_device()}{where} "
+        f"({config.dtype}, {config.chunk_ms} ms chunks); the first load of a hub model downloads it"
+    )
+    started = time.perf_counter()
     if settings.stt.engine_process:
         from agent.logs import setup_logging
         from services.asr.engine import prespawn_engine_process
 
         # The model loads in the child now; the first session's event loop attaches to it.
-        logger.info(
-            f"Loading Nemotron ASR {config.model} on {config.resolved_device()} in its own "
-            f"process ({config.dtype}, {config.chunk_ms} ms chunks); the first load of a hub "
-            "model downloads it"
-        )
-        started = time.perf_counter()
         engine = prespawn_engine_process(
             config, init=functools.partial(setup_logging, settings.log_level)
         )
@@ -92,11 +92,6 @@ def prewarm(settings: AgentSettings) -> None:
             "sessions attach to it"
         )
         return
-    logger.info(
-        f"Loading Nemotron ASR {config.model} on {config.resolved_device()} ({config.dtype}, "
-        f"{config.chunk_ms} ms chunks); the first load of a hub model downloads it"
-    )
-    started = time.perf_counter()
     engine = get_engine(config)
     logger.info(
         f"Nemotron ASR engine loaded in {time.perf_counter() - started:.1f} s; timing a final"

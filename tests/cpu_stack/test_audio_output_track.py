@@ -4,12 +4,13 @@ silence in the middle of the bot's speech (Pipecat's own track does)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
 from pipecat.transports.smallwebrtc.transport import RawAudioTrack
 
-from agent.webrtc_tuning import keep_audio_output_fed, lookahead_audio_track_class
+from agent.webrtc_tuning import LookaheadAudioTrack, keep_audio_output_fed
 
 RATE = 24000
 CHUNK_MS = 40  # what Pipecat's output transport writes at a time
@@ -50,14 +51,14 @@ async def holes_in_speech(track_class: type, chunks: int = 25) -> int:
 
 @pytest.mark.asyncio
 async def test_a_late_loop_leaves_no_silence_inside_speech():
-    assert await holes_in_speech(lookahead_audio_track_class()) == 0
+    assert await holes_in_speech(LookaheadAudioTrack) == 0
     # Pipecat's track, written the same way, runs dry at every chunk boundary.
     assert await holes_in_speech(RawAudioTrack) > 0
 
 
 @pytest.mark.asyncio
 async def test_a_write_returns_once_the_write_before_it_is_sent():
-    track = lookahead_audio_track_class()(sample_rate=RATE)
+    track = LookaheadAudioTrack(sample_rate=RATE)
     chunk = bytes(2 * RATE * CHUNK_MS // 1000)
     first = track.add_audio_bytes(chunk)
     assert first.done()  # nothing queued before it
@@ -74,15 +75,13 @@ def test_the_transport_builds_the_lookahead_track():
 
     keep_audio_output_fed()
     keep_audio_output_fed()
-    assert transport.RawAudioTrack is lookahead_audio_track_class()
+    assert transport.RawAudioTrack is LookaheadAudioTrack
     transport.RawAudioTrack = RawAudioTrack  # leave other tests Pipecat's own
 
 
 @pytest.mark.asyncio
 async def test_speech_after_silence_goes_out_without_waiting_for_the_clock():
-    import time
-
-    track = lookahead_audio_track_class()(sample_rate=RATE)
+    track = LookaheadAudioTrack(sample_rate=RATE)
     for _ in range(3):  # idle: paced silence
         assert not np.abs((await track.recv()).to_ndarray()).any()
     track.add_audio_bytes(np.full(RATE * CHUNK_MS // 1000, 1000, np.int16).tobytes())
@@ -95,7 +94,7 @@ async def test_speech_after_silence_goes_out_without_waiting_for_the_clock():
 
 @pytest.mark.asyncio
 async def test_an_idle_track_wakes_when_audio_arrives():
-    track = lookahead_audio_track_class()(sample_rate=RATE)
+    track = LookaheadAudioTrack(sample_rate=RATE)
     await track.recv()
     track._start += 5.0  # the next silent frame is due in five seconds
     waiting = asyncio.create_task(track.recv())

@@ -30,12 +30,12 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+# The agent's rule for a voiced frame: both ends mark the end of speech the same way.
+from pipelines.latency import VOICED_RMS, frame_rms
+
 SAMPLE_RATE = 16000
 FRAME_MS = 20
 FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
-# RMS of a 20 ms int16 frame above which it counts as voiced (about -45 dBFS): well above the
-# codec's noise floor on silence, well below any speech.
-VOICED_RMS = 180.0
 # time.time() - time.monotonic(), fixed at import: turns monotonic stamps into wall-clock ones to
 # compare with an agent's on the same host.
 WALL_OFFSET = time.time() - time.monotonic()
@@ -54,13 +54,6 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1))
     return np.concatenate(chunks).astype(np.int16) if chunks else np.zeros(0, np.int16)
-
-
-def frame_rms(samples: np.ndarray) -> float:
-    """RMS of int16 samples, as float."""
-    if samples.size == 0:
-        return 0.0
-    return float(np.sqrt(np.mean(samples.astype(np.float64) ** 2)))
 
 
 def voiced_bounds(audio: np.ndarray, frame: int = FRAME_SAMPLES) -> tuple[int, int] | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import pytest
 from pipecat.frames.frames import (
@@ -139,11 +141,6 @@ async def test_measure_finalize_latency(tiny_engine):
 
 async def test_sessions_share_one_engine_process_that_restarts_after_dying(tiny_nemo):
     """``engine_process=True``: the engine runs in one child process for every session."""
-    import os
-    import signal
-
-    from pipecat.frames.frames import ErrorFrame as PipelineError
-
     from services.asr.engine import EngineConfig, EngineProcess
 
     config = EngineConfig(model=str(tiny_nemo), device="cpu", dtype="fp32", chunk_ms=160)
@@ -189,7 +186,7 @@ async def test_sessions_share_one_engine_process_that_restarts_after_dying(tiny_
             # loads in the background and the next turn is transcribed again.
             os.kill(engine.pid, signal.SIGKILL)
             assert await first.wait_for(
-                lambda: any(isinstance(f, PipelineError) for f in first.up.frames), timeout=30
+                lambda: any(isinstance(f, ErrorFrame) for f in first.up.frames), timeout=30
             )
             await first.send_audio(speechlike_pcm(0.4, seed=3))
             assert await first.wait_for(

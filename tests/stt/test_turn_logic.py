@@ -101,6 +101,13 @@ def word_audio(*codes: int, frames_per_word: int = 5) -> bytes:
     return b"".join(np.full(320 * frames_per_word, c, "<i2").tobytes() for c in codes)
 
 
+async def say(live: LivePipeline, *codes: int) -> None:
+    """One stretch of speech as the VAD frames it: start, the words' audio, stop."""
+    await live.send(VADUserStartedSpeakingFrame())
+    await live.send_audio(word_audio(*codes))
+    await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+
+
 def user_aggregator(context: LLMContext):
     params = LLMUserAggregatorParams(
         user_turn_strategies=UserTurnStrategies(
@@ -119,14 +126,10 @@ async def test_speech_resuming_after_a_pushed_final_adds_only_new_words(cut_last
     stt = FakeRecognizerSTT(cut_last_word=cut_last_word)
     context = LLMContext()
     async with LivePipeline([stt, user_aggregator(context)]) as live:
-        await live.send(VADUserStartedSpeakingFrame())
-        await live.send_audio(word_audio(1, 2, 0))
-        await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        await say(live, 1, 2, 0)
         assert await live.wait_for(lambda: stt.finals_pushed == 1)
         # The user goes on within the turn (the pause was shorter than the turn timeout).
-        await live.send(VADUserStartedSpeakingFrame())
-        await live.send_audio(word_audio(3, 4, 5, 0))
-        await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        await say(live, 3, 4, 5, 0)
         assert await live.wait_for(lambda: user_messages(context), timeout=5)
     # Every fake final cuts its last word; the words already pushed are never repeated.
     expected = "hello wor how are y" if cut_last_word else "hello world how are you"
@@ -146,13 +149,9 @@ async def test_final_still_in_flight_when_speech_resumes_is_discarded():
             seen.append(frame)
 
     async with LivePipeline([stt, user_aggregator(context)]) as live:
-        await live.send(VADUserStartedSpeakingFrame())
-        await live.send_audio(word_audio(1, 2, 0))
-        await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        await say(live, 1, 2, 0)
         await asyncio.sleep(0.05)
-        await live.send(VADUserStartedSpeakingFrame())  # before the 0.3 s final is back
-        await live.send_audio(word_audio(3, 4, 5, 0))
-        await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        await say(live, 3, 4, 5, 0)  # speech resumes before the 0.3 s final is back
         assert await live.wait_for(lambda: user_messages(context), timeout=5)
     finals = [f for f in seen if isinstance(f, TranscriptionFrame)]
     assert [f.text for f in finals] == ["hello world how are you"]
@@ -168,9 +167,7 @@ async def test_next_turn_starts_fresh_after_the_turn_ends():
     context = LLMContext()
     async with LivePipeline([stt, user_aggregator(context)]) as live:
         for codes in ((1, 2, 0), (3, 4, 5, 0)):
-            await live.send(VADUserStartedSpeakingFrame())
-            await live.send_audio(word_audio(*codes))
-            await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+            await say(live, *codes)
             count = len(user_messages(context)) + 1
             assert await live.wait_for(lambda n=count: len(user_messages(context)) == n)
     assert user_messages(context) == ["hello world", "how are you"]
@@ -181,17 +178,13 @@ async def test_words_spoken_just_before_the_turn_ends_reach_the_next_utterance()
     stt = FakeRecognizerSTT()
     context = LLMContext()
     async with LivePipeline([stt, user_aggregator(context)]) as live:
-        await live.send(VADUserStartedSpeakingFrame())
-        await live.send_audio(word_audio(1, 2, 0))
-        await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        await say(live, 1, 2, 0)
         assert await live.wait_for(lambda: stt.finals_pushed == 1)
         # The user starts again while the turn is still ending: the VAD has not confirmed it
         # yet, so the turn ends (and the utterance is accepted) after this audio arrived.
         await live.send_audio(word_audio(0, 3))
         assert await live.wait_for(lambda: stt.resets == 1, timeout=5)
-        await live.send(VADUserStartedSpeakingFrame())
-        await live.send_audio(word_audio(4, 5, 0))
-        await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        await say(live, 4, 5, 0)
         assert await live.wait_for(lambda: len(user_messages(context)) == 2, timeout=5)
     assert user_messages(context) == ["hello world", "how are you"]
 
@@ -200,9 +193,7 @@ async def test_carry_over_is_bounded_and_starts_at_the_vad_stop():
     stt = FakeRecognizerSTT()
     context = LLMContext()
     async with LivePipeline([stt, user_aggregator(context)]) as live:
-        await live.send(VADUserStartedSpeakingFrame())
-        await live.send_audio(word_audio(1, 2))
-        await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        await say(live, 1, 2)
         # One second of silence, then the turn ends: only the last 0.5 s are carried over,
         # none of the words before the VAD stop.
         await live.send_audio(word_audio(0, frames_per_word=50))

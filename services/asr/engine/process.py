@@ -173,22 +173,19 @@ class EngineProcess:
         sock = self._spawned_sock
         if sock is None or self._first_ops is not None:
             return
-        sock.settimeout(timeout or self._start_timeout)
+        limit = timeout or self._start_timeout
+        sock.settimeout(limit)
         try:
             ops = wire.recv_frame(sock)
         except TimeoutError:
             self._process.kill()
-            self._dead = f"the ASR engine process did not load its model in {timeout:g} s"
+            self._dead = _load_timeout(limit)
             raise EngineProcessError(self._dead) from None
         finally:
             sock.settimeout(None)
-        if not ops or ops[0][0] != "ready":
+        if not _is_ready(ops):
             self._process.join(5)
-            reason = ops[0][1] if ops and ops[0][0] == "fatal" else "it exited"
-            self._dead = (
-                f"the ASR engine process failed to start: {reason} "
-                f"(exit code {self._process.exitcode}); see the log above"
-            )
+            self._dead = _start_failure(ops, self._process.exitcode)
             raise EngineProcessError(self._dead)
         self._first_ops = ops
 
@@ -208,17 +205,11 @@ class EngineProcess:
         except TimeoutError:
             if self._process is not None:
                 self._process.kill()
-            raise EngineProcessError(
-                f"the ASR engine process did not load its model in {self._start_timeout:g} s"
-            ) from None
-        if ops is None or ops[0][0] != "ready":
+            raise EngineProcessError(_load_timeout(self._start_timeout)) from None
+        if not _is_ready(ops):
             await self._reap()
-            reason = ops[0][1] if ops and ops[0][0] == "fatal" else "it exited"
             code = self._process.exitcode if self._process is not None else None
-            raise EngineProcessError(
-                f"the ASR engine process failed to start: {reason} "
-                f"(exit code {code}); see the log above"
-            )
+            raise EngineProcessError(_start_failure(ops, code))
         self._stats = dict(ops[0][1])
         self._stats_at = time.monotonic()
         self._engine_pid = self._stats.get("pid")
@@ -309,9 +300,13 @@ class EngineProcess:
         self._front = (front_end, counters)
 
     def _send(self, op: tuple) -> None:
-        """Queue a control operation; it leaves on the next loop iteration."""
+        """Queue a stream's control operation; it leaves on the next loop iteration."""
         self._open_audio.pop(op[1], None)  # later audio of that stream must follow it
         self._ops.append(op)
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Flush on the next loop iteration (sooner than a pending audio timer would)."""
         if self._flush_handle is None or isinstance(self._flush_handle, asyncio.TimerHandle):
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
@@ -379,8 +374,7 @@ class EngineProcess:
                 front_end, counters = self._front
                 # Not a stream operation: it needs no ordering, only a flush.
                 self._ops.append(("front_stats", front_end, counters()))
-                if self._flush_handle is None:
-                    self._flush_handle = self._loop.call_soon(self._flush)
+                self._flush_soon()
             return
         stream = self._streams.get(op[1])
         if stream is None:
@@ -406,6 +400,23 @@ class EngineProcess:
     def _forget(self, sid: int) -> None:
         if self._streams.pop(sid, None) is not None and self._dead is None and self._writer:
             self._send(("close", sid))
+
+
+def _is_ready(ops: list[tuple] | None) -> bool:
+    return bool(ops) and ops[0][0] == "ready"
+
+
+def _start_failure(ops: list[tuple] | None, exit_code: int | None) -> str:
+    """Why the child did not become ready: its own reason when it sent one."""
+    reason = ops[0][1] if ops and ops[0][0] == "fatal" else "it exited"
+    return (
+        f"the ASR engine process failed to start: {reason} (exit code {exit_code}); "
+        "see the log above"
+    )
+
+
+def _load_timeout(limit: float) -> str:
+    return f"the ASR engine process did not load its model in {limit:g} s"
 
 
 # One engine process per (settings, event loop): every session of a bot process shares it.

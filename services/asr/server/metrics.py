@@ -96,9 +96,15 @@ def _flatten(stats: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 SHARED_SAMPLES = 512
 
 
-def front_counters(server: ASRServer) -> dict[str, Any]:
-    """One front end's counters as plain data, to add up with other front ends'."""
+def front_counters(server: ASRServer, samples: int | None = SHARED_SAMPLES) -> dict[str, Any]:
+    """One front end's counters as plain data, to add up with other front ends'.
+
+    Args:
+        server: The front end.
+        samples: Most recent latency samples to include (None: all that are kept).
+    """
     c = server.counters
+    keep = slice(-samples if samples else None, None)
     return {
         "live_streams": server.live_streams,
         "max_streams": server.config.max_streams,
@@ -109,8 +115,8 @@ def front_counters(server: ASRServer) -> dict[str, Any]:
         "errors": dict(c.errors),
         "audio_seconds": c.audio_seconds,
         "dropped_partials": c.dropped_partials,
-        "partial_latency": list(c.partial_latency)[-SHARED_SAMPLES:],
-        "final_latency": list(c.final_latency)[-SHARED_SAMPLES:],
+        "partial_latency": list(c.partial_latency)[keep],
+        "final_latency": list(c.final_latency)[keep],
         "rss_bytes": process_rss_bytes(),
     }
 
@@ -139,7 +145,7 @@ def render_metrics(server: ASRServer, engine_stats: Mapping[str, Any]) -> str:
     """
     engine_stats = dict(engine_stats)
     relayed = engine_stats.pop("front_ends", None) or {}
-    own = front_counters(server)
+    own = front_counters(server, samples=None)
     others = [c for front, c in relayed.items() if front != server.config.front_end]
     c = _add_up([own, *others]) if others else own
     w = _Writer()
@@ -182,12 +188,12 @@ def render_metrics(server: ASRServer, engine_stats: Mapping[str, Any]) -> str:
     w.summary(
         "asr_partial_latency_seconds",
         "Engine latency of recent partials (audio complete -> event).",
-        [*server.counters.partial_latency, *(x for o in others for x in o["partial_latency"])],
+        c["partial_latency"],
     )
     w.summary(
         "asr_finalize_seconds",
         "Finalize request -> final ready, recent requests.",
-        [*server.counters.final_latency, *(x for o in others for x in o["final_latency"])],
+        c["final_latency"],
     )
     w.add(
         "process_resident_memory_bytes",
