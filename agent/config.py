@@ -87,9 +87,11 @@ class LLMSettings(_Section):
     thinking: bool = False
     extra_body: dict[str, Any] = Field(default_factory=dict)
     gguf_path: str | None = None
-    # The embedded llama.cpp server (preset "local"): context length and CPU threads.
+    # The embedded llama.cpp server (preset "local"): context length, CPU threads, and the
+    # niceness it runs at, so that the agent's audio path wins a CPU both share.
     n_ctx: int = Field(4096, ge=256)
     n_threads: int | None = Field(None, ge=1)
+    niceness: int = Field(10, ge=0, le=19)
 
 
 class TTSSettings(_Section):

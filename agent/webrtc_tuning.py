@@ -25,8 +25,13 @@ on a busy CPU) it catches up at once, finds the queue empty and sends 10 ms of s
 middle of a word: a click, and 10 ms more delay for the rest of the reply. Counted over 33 s of
 replies on two busy cores: 19 such holes. ``LookaheadAudioTrack`` lets the writer go on as soon
 as the previous chunk is sent, so one chunk always waits in the queue (at most 40 ms more audio
-plays after an interruption). And when speech starts after silence, its first 20 ms go out the
-moment they are written instead of on the next two 10 ms ticks of the track's clock.
+plays after an interruption). And when speech starts after silence, its first 40 ms go out the
+moment they are written instead of on the next ticks of the track's clock. Two whole Opus packets
+are needed: the encoder's phase is arbitrary, and its look-ahead and resampler hold back the
+onset, so the first packet often decodes to near silence. Measured over loopback on two busy
+cores (``scripts/bench_v2v.py``, 20 turns each): the bot's first audible frame reached the client
+37 ms p50 (55 p90) after the agent started speaking with 20 ms sent at once, 24 ms (35 p90) with
+40 ms.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from pipecat.transports.smallwebrtc.transport import RawAudioTrack
 
 # Newer audio packets allowed to wait behind a missing one (and behind the one being released).
 MAX_WAITING = 2
+# 10 ms frames sent at once when the bot starts speaking after silence.
+ONSET_BURST_FRAMES = 4
 
 
 class LowLatencyAudioJitterBuffer(JitterBuffer):
@@ -93,11 +100,12 @@ class LookaheadAudioTrack(RawAudioTrack):
         if not self._chunk_queue and self._timestamp > 0:
             await self._idle_until_due()
         if self._restarting and self._chunk_queue:
-            # Audio after silence: this 10 ms chunk and the next are due now, so the
-            # Opus encoder's first 20 ms packet leaves without waiting for the clock.
-            # The track then runs at most 10 ms ahead of real time.
+            # Audio after silence: its first ONSET_BURST_FRAMES (or what is queued) are due
+            # now, so the first Opus packets leave without waiting for the clock. The
+            # track then runs that much ahead of real time.
             self._restarting = False
-            due_now = time.time() - self._timestamp / self._sample_rate - 0.01
+            burst = min(ONSET_BURST_FRAMES, len(self._chunk_queue))
+            due_now = time.time() - self._timestamp / self._sample_rate - (burst - 1) * 0.01
             self._start = min(self._start, due_now)
         return await super().recv()
 

