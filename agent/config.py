@@ -124,6 +124,10 @@ class TurnSettings(_Section):
 
     strategy: Literal["smart-turn", "timeout"] = "smart-turn"
     timeout_secs: float = Field(0.6, gt=0.0, le=10.0)
+    # Smart Turn: the silence after which a turn the model judged incomplete ends anyway
+    # (Pipecat's default). Shorter answers sooner a user who did finish; longer lets a user who
+    # paused mid-thought go on.
+    incomplete_timeout_secs: float = Field(3.0, gt=0.0, le=30.0)
 
 
 class AgentSettings(_Section):

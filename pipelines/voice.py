@@ -32,6 +32,8 @@ from pipelines.latency import TurnLatencyObserver
 from pipelines.registry import resolve
 
 if TYPE_CHECKING:
+    from pipecat.audio.turn.base_turn_analyzer import BaseTurnAnalyzer
+
     from agent.config import AgentSettings
 
 # Audio enters at 16 kHz mono, the rate every ASR backend here is trained on.
@@ -98,10 +100,17 @@ def build_turn_strategies(settings: AgentSettings) -> UserTurnStrategies:
     if settings.turn.strategy == "timeout":
         stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=settings.turn.timeout_secs)]
     else:
-        from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
-
-        stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=LocalSmartTurnAnalyzerV3())]
+        stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=build_smart_turn(settings))]
     return UserTurnStrategies(stop=stop)
+
+
+def build_smart_turn(settings: AgentSettings) -> BaseTurnAnalyzer:
+    """Smart Turn v3 (bundled CPU model); an incomplete turn ends after the configured silence."""
+    from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
+    from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+
+    params = SmartTurnParams(stop_secs=settings.turn.incomplete_timeout_secs)
+    return LocalSmartTurnAnalyzerV3(params=params)
 
 
 def build_vad(settings: AgentSettings) -> SileroVADAnalyzer:
