@@ -29,8 +29,9 @@ _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The server's niceness when none is given: it yields the CPU to the agent. Where the LLM shares
 # cores with the agent (the cpu profile), the agent's real-time audio path (WebRTC, VAD, speech
 # synthesis) then wins them, and generation slows only while the agent is busy. Measured on two
-# cores: the bot's first audio left the agent's output 20 ms p50 after it started speaking instead
-# of 41, and the pipeline overhead fell from 97 to 67 ms p50 (scripts/bench_v2v.py, 20 turns).
+# cores (scripts/bench_v2v.py, 20 turns a run): the bot's first audio reached the client 24-25 ms
+# p50 after the agent started speaking instead of 41, and the pipeline overhead fell from 97 to
+# 73-86 ms p50.
 DEFAULT_NICENESS = 10
 # Runs a module as ``python -m`` would, after lowering the process's CPU priority: set by the child
 # itself before anything loads, so every thread llama.cpp starts inherits it.

@@ -17,6 +17,11 @@ CHUNK_MS = 40  # what Pipecat's output transport writes at a time
 WRITER_LOOP_TURNS = 3
 
 
+def tone(ms: int) -> bytes:
+    """``ms`` of a constant, clearly voiced level at the track's rate."""
+    return np.full(RATE * ms // 1000, 1000, np.int16).tobytes()
+
+
 async def holes_in_speech(track_class: type, chunks: int = 25) -> int:
     """Silent 10 ms frames the track sends between the first and last chunk of speech.
 
@@ -26,7 +31,7 @@ async def holes_in_speech(track_class: type, chunks: int = 25) -> int:
     once, with one loop turn for the encoder between frames.
     """
     track = track_class(sample_rate=RATE)
-    chunk = (np.full(RATE * CHUNK_MS // 1000, 1000)).astype(np.int16).tobytes()
+    chunk = tone(CHUNK_MS)
 
     async def writer():
         for _ in range(chunks):
@@ -89,7 +94,7 @@ async def test_speech_after_silence_sends_its_first_frames_at_once():
     track = LookaheadAudioTrack(sample_rate=RATE)
     for _ in range(3):  # idle: paced silence
         assert not np.abs((await track.recv()).to_ndarray()).any()
-    track.add_audio_bytes(np.full(RATE * 2 * CHUNK_MS // 1000, 1000, np.int16).tobytes())
+    track.add_audio_bytes(tone(2 * CHUNK_MS))
     started = time.time()
     for sent in range(ONSET_BURST_FRAMES):
         if sent:  # the first recv set the clock; every frame of the burst is due already
@@ -104,7 +109,7 @@ async def test_speech_after_silence_sends_its_first_frames_at_once():
 async def test_the_onset_burst_is_no_longer_than_the_audio_queued():
     track = LookaheadAudioTrack(sample_rate=RATE)
     await track.recv()
-    track.add_audio_bytes(np.full(RATE * 20 // 1000, 1000, np.int16).tobytes())  # 20 ms
+    track.add_audio_bytes(tone(20))
     started = time.time()
     for _ in range(2):
         assert np.abs((await track.recv()).to_ndarray()).all()
@@ -120,6 +125,6 @@ async def test_an_idle_track_wakes_when_audio_arrives():
     waiting = asyncio.create_task(track.recv())
     await asyncio.sleep(0.05)
     assert not waiting.done()
-    track.add_audio_bytes(np.full(RATE * CHUNK_MS // 1000, 1000, np.int16).tobytes())
+    track.add_audio_bytes(tone(CHUNK_MS))
     frame = await asyncio.wait_for(waiting, timeout=1.0)
     assert np.abs(frame.to_ndarray()).all()
