@@ -13,6 +13,7 @@ import weakref
 
 import numpy as np
 import pytest
+import torch
 
 from services.asr.engine import EngineFullError, StreamClosedError
 
@@ -25,9 +26,9 @@ def record_batch_sizes(engine) -> list[tuple[str, int]]:
     calls: list[tuple[str, int]] = []
     original = engine._runner.encode
 
-    def encode(kind, new_mel, caches, keep_all=False):
+    def encode(kind, new_mel, caches, rows=None, keep_all=False):
         calls.append((kind, new_mel.shape[0]))
-        return original(kind, new_mel, caches, keep_all)
+        return original(kind, new_mel, caches, rows, keep_all)
 
     engine._runner.encode = encode
     return calls
@@ -319,13 +320,37 @@ def test_long_stream_stays_bounded(make_engine, offline):
     assert state.audio.held < engine._runner.features.window_length(engine._runner.chunk)
 
 
-def test_bf16_autocast_runs_on_cpu(make_engine):
-    engine = make_engine(chunk_ms=160, dtype="bf16")
-    assert engine._pool._enc[0].dtype.is_floating_point
-    stream = engine.open_stream()
-    stream.push_audio(babble(1.0, 11))
-    final = stream.finalize_sync(30)
-    assert final.is_final and isinstance(final.text, str)
+@pytest.mark.parametrize("encoder", ["fast", "nemo"])
+def test_bf16_stays_close_to_fp32(make_engine, offline, encoder):
+    """bf16 (the GPU setting; CPU autocast here): bf16 caches, encoder output near fp32.
+
+    Our fast step keeps the residual stream and the norms in fp32 and the fp32 transcripts
+    too; NeMo's step under autocast drifts further (one character of this random model's
+    garbage text differs), so only its encoder output is bounded.
+    """
+    engine = make_engine(chunk_ms=160, dtype="bf16", encoder=encoder)
+    state = engine._pool.encoder_state
+    cached = state["k"] if encoder == "fast" else state["last_channel"]
+    assert cached.dtype == torch.bfloat16
+    tap = Tap()
+    engine._encoder_tap = tap
+    worst = 0.0
+    for seed in (11, 12, 13):
+        audio = babble(1.6, seed)
+        stream = engine.open_stream()
+        stream.push_audio(audio)
+        final = stream.finalize_sync(30)
+        assert final.is_final
+        reference = offline.encode(padded(engine, audio), 1)
+        n_live = reference.shape[1] - tap.frames(stream.id, "final")
+        live = tap.joined(stream.id)[:, :n_live]
+        streamed = torch.cat([live, tap.joined(stream.id, "final")], dim=1)
+        worst = max(worst, (streamed - reference).abs().max().item())
+        if encoder == "fast":
+            assert final.text == offline.decode(reference)
+        stream.close()
+    print(f"bf16 {encoder}: max |encoder - fp32 offline| = {worst:.4f}")
+    assert worst < 0.15
 
 
 def test_on_event_runs_on_scheduler_thread(make_engine):

@@ -12,6 +12,9 @@ LEFT_CONTEXT = 70
 
 _DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")
 _DTYPES = ("fp32", "bf16")
+# fast: our step with projected K/V cached per layer (services/asr/engine/encoders/kv_cached.py);
+# nemo: NeMo's own cache_aware_stream_step, the reference it is tested against.
+ENCODERS = ("fast", "nemo")
 
 
 def _invalid(name: str, value: object, allowed: object) -> ValueError:
@@ -27,6 +30,10 @@ class EngineConfig:
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``fp32`` or ``bf16`` (bf16 runs the model under autocast; features stay fp32).
         chunk_ms: streaming chunk, one of 80/160/560/1120 (att_context_size [70, 0/1/6/13]).
+        encoder: the encoder step: ``fast`` (projected keys and values cached per layer, ~4x
+            fewer FLOPs at 160 ms) or ``nemo`` (NeMo's own ``cache_aware_stream_step``, which
+            re-projects 70 cached frames in every layer at every step). Both give the same
+            output within float rounding; switch to settle any doubt.
         max_streams: open streams allowed at once; ``open_stream`` raises beyond it.
         max_batch: most streams advanced by one encoder call; the rest wait for the next tick.
         cuda_graphs: capture the encoder step in CUDA graphs (CUDA only, static bucketed shapes).
@@ -55,6 +62,7 @@ class EngineConfig:
     device: str = "auto"
     dtype: str = "fp32"
     chunk_ms: int = 160
+    encoder: str = "fast"
     max_streams: int = 1024
     max_batch: int = 1024
     cuda_graphs: bool = False
@@ -75,6 +83,8 @@ class EngineConfig:
             raise _invalid("device", dev, _DEVICES)
         if self.dtype not in _DTYPES:
             raise _invalid("dtype", self.dtype, _DTYPES)
+        if self.encoder not in ENCODERS:
+            raise _invalid("encoder", self.encoder, ENCODERS)
         if self.chunk_ms not in CHUNK_MS_TO_RIGHT_CONTEXT:
             raise _invalid("chunk_ms", self.chunk_ms, tuple(CHUNK_MS_TO_RIGHT_CONTEXT))
         for name in ("max_streams", "max_batch", "max_utterance_chars"):

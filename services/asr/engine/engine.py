@@ -35,7 +35,7 @@ from .events import (
     to_float32,
 )
 from .loader import configure_for_streaming, load_asr_model
-from .runner import FIRST, LATER, ModelRunner
+from .runner import FIRST, ModelRunner
 from .scheduler import Scheduler, TickPlan
 from .slots import SlotPool
 from .state import RESET, FinalRequest, StreamState, TextState
@@ -174,7 +174,7 @@ class ASREngine:
             if self._runner.features.sample_rate != SAMPLE_RATE:
                 raise ValueError(f"model expects {self._runner.features.sample_rate} Hz audio")
             self._pool = SlotPool(
-                self._runner.encoder_template(),
+                self._runner.cache_layout,
                 self._runner.decoder_layout,
                 max_slots=self.config.max_streams,
             )
@@ -188,6 +188,7 @@ class ASREngine:
             self._runner.chunk_first,
             self._runner.chunk,
             self.config.max_batch,
+            pre_cache=self._runner.pre_cache if self._runner.has_second else 0,
         )
         self._detok = model.decoding.decode_tokens_to_str_with_strip_punctuation
         self._first_need = self._runner.features.samples_needed(self._runner.chunk_first)
@@ -214,10 +215,11 @@ class ASREngine:
         self._thread = threading.Thread(target=self._loop, name="asr-engine", daemon=True)
         self._thread.start()
         logger.info(
-            "ASR engine started: %s on %s (%s), chunk %d ms (%d+%d mel frames/step)",
+            "ASR engine started: %s on %s (%s, %s encoder), chunk %d ms (%d+%d mel frames/step)",
             self.config.model,
             self.device,
             self.config.dtype,
+            self._runner.encoder.name,
             self.config.chunk_ms,
             self._runner.chunk_first,
             self._runner.chunk,
@@ -486,7 +488,7 @@ class ASREngine:
         len_parts: list[torch.Tensor] = []
         state_parts: list[list[torch.Tensor]] = []
 
-        # 1. Finals first: they copy the live state before this tick's live steps overwrite it.
+        # 1. Finals first: they copy the live state before this tick's live steps advance it.
         groups: dict[tuple, list[int]] = {}
         for i, work in enumerate(plan.finals):
             key = (work.slot is None, tuple(work.substeps))
@@ -506,10 +508,11 @@ class ASREngine:
                 dec_state = pool.gather_decoder(idx)
             outs, lens, pos = [], None, 0
             for j, (kind, n) in enumerate(substeps):
-                res = runner.encode(kind, mel[:, :, pos : pos + n], caches, j == len(substeps) - 1)
+                res = runner.encode(
+                    kind, mel[:, :, pos : pos + n], caches, keep_all=j == len(substeps) - 1
+                )
                 calls += 1
                 pos += n
-                caches = res.caches
                 width = int(res.lengths.max())
                 outs.append(res.encoded[:, :, :width])
                 lens = res.lengths if lens is None else lens + res.lengths
@@ -521,30 +524,25 @@ class ASREngine:
             final_len.append(lens)
             final_state.append(dec_state)
 
-        # 2. Live steps: one encoder call per step shape; caches go straight back to the slots.
+        # 2. Live steps: one encoder call per step shape, updating the slots in place.
         live_idx = []
-        if plan.first:
-            idx = self._slots([s.slot for s in plan.first])
-            mel = features.compute(np.stack([s.window for s in plan.first]), runner.chunk_first)
-            res = runner.encode(FIRST, mel, pool.initial_encoder(len(plan.first)))
+        steps = plan.live
+        for group in (plan.first, plan.second, plan.later):
+            if not group:
+                continue
+            kind = group[0].kind
+            idx = self._slots([s.slot for s in group])
+            n_frames = runner.chunk_first if kind == FIRST else runner.chunk
+            mel = features.compute(np.stack([s.window for s in group]), n_frames)
+            res = runner.encode(kind, mel, pool.encoder_state, idx)
             calls += 1
-            pool.scatter_encoder(idx, res.caches)
-            pool.reset_decoder(idx)
-            enc_parts.append(res.encoded)
-            len_parts.append(res.lengths)
-            live_idx.append(idx)
-        if plan.later:
-            idx = self._slots([s.slot for s in plan.later])
-            mel = features.compute(np.stack([s.window for s in plan.later]), runner.chunk)
-            res = runner.encode(LATER, mel, pool.gather_encoder(idx))
-            calls += 1
-            pool.scatter_encoder(idx, res.caches)
+            if kind == FIRST:
+                pool.reset_decoder(idx)
             enc_parts.append(res.encoded)
             len_parts.append(res.lengths)
             live_idx.append(idx)
         n_live = plan.live_rows
         if self._encoder_tap is not None and n_live:
-            steps = plan.first + plan.later
             row = 0
             for enc, lens in zip(enc_parts, len_parts, strict=True):
                 for i in range(enc.shape[0]):
@@ -598,19 +596,29 @@ class ASREngine:
                 utterance=request.utterance,
             )
             finals.append((request.future, event))
-        for step, ids in zip(plan.first + plan.later, live_tokens, strict=True):
+        for step, ids in zip(plan.live, live_tokens, strict=True):
             state = step.stream
-            if state.closed or state.generation != step.generation:
-                continue  # closed or reset meanwhile: the result belongs to nobody
+            if state.closed:
+                continue  # its slot may already belong to another stream
+            # The step has advanced the model state in the slot whatever the caller did since:
+            # the scheduler-side position and text must follow it even after a reset() (applied
+            # at the next plan), or a final queued before that reset would be planned from the
+            # old position on caches one step ahead.
             new_pos = step.start + step.n_frames
             state.audio.trim(features.window(new_pos, new_pos)[0])
             state.mel_pos = new_pos
-            state.next_needed = self._scheduler.samples_for_next_step(state)
             state.last_served = plan.tick
+            changed = state.text.extend(ids)
+            with state.lock:
+                current = state.generation == step.generation
+                if current:
+                    state.next_needed = self._scheduler.samples_for_next_step(state)
+            if not current:
+                continue  # reset meanwhile: no partial for an utterance the caller ended
             arrived = state.arrival_time(step.audio_needed)
             if arrived is not None:
                 chunk_ms.append((now - arrived) * 1000)
-            if not state.text.extend(ids):
+            if not changed:
                 continue
             with self._lock:
                 handle = self._streams.get(state.id)
@@ -657,11 +665,11 @@ _ENGINES_LOCK = threading.Lock()
 
 
 def _engine_key(config: EngineConfig) -> tuple:
-    return (config.model, config.resolved_device(), config.dtype, config.chunk_ms)
+    return (config.model, config.resolved_device(), config.dtype, config.chunk_ms, config.encoder)
 
 
 def get_engine(config: EngineConfig | None = None) -> ASREngine:
-    """The process-wide engine for ``(model, device, dtype, chunk_ms)``, created on first use.
+    """The process-wide engine for ``(model, device, dtype, chunk_ms, encoder)``, made on first use.
 
     Thread-safe. Later calls with the same key return the same engine even if other fields
     (``max_streams``, ...) differ: the first config wins.

@@ -1,9 +1,10 @@
 """Model runner: the only code that calls the model.
 
-One call of ``encode`` is one batched ``cache_aware_stream_step``; one call of ``decode`` is one
+One call of ``encode`` is one batched cache-aware encoder step (``EngineConfig.encoder``: our
+K/V-cached step, or NeMo's own ``cache_aware_stream_step``); one call of ``decode`` is one
 batched greedy RNNT (label-looping) decode that continues every row from its saved state. GPU
-specifics live here and nowhere else: bf16 autocast, padding batches up to fixed buckets, and
-CUDA graphs of the encoder step for those static shapes.
+specifics live here and nowhere else: bf16, padding to fixed buckets and CUDA graphs of the
+encoder step for those static shapes (buckets only when graphs are on).
 
 All methods must be called from one thread (the scheduler's): NeMo writes
 ``drop_extra_pre_encoded`` into the encoder's shared ``streaming_cfg`` on every step.
@@ -12,7 +13,6 @@ All methods must be called from one thread (the scheduler's): NeMo writes
 from __future__ import annotations
 
 import bisect
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -20,24 +20,30 @@ import numpy as np
 import torch
 
 from .config import EngineConfig
+from .encoders import CacheLayout, build_encoder
 from .features import IncrementalMel
-from .slots import DecoderLayout, EncoderCaches
+from .slots import DecoderLayout
 
 logger = logging.getLogger(__name__)
 
 FIRST = "first"  # an utterance's first step: chunk_size[0] frames, no pre-encode cache, drop 0
+# The step after a first step shorter than the pre-encode cache (80 ms chunks: 1 mel frame):
+# only the real frames are fed, so the subsampling convs see their own zero padding as offline
+# does (not 8 zero mel frames from before the stream began), and one output fewer is dropped.
+SECOND = "second"
 LATER = "later"  # every other step: 9 cached mel frames + chunk_size[1] frames, drop 2
 
 _CUDA_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
+MEL_TAIL = "mel_tail"  # the pre-encode cache: the last mel frames a later step re-reads
+
 
 @dataclass
 class EncoderOut:
-    """Encoder output of a batch plus the updated caches."""
+    """Encoder output of a batch (the caches were updated in place)."""
 
     encoded: torch.Tensor  # [B, d_model, T]
     lengths: torch.Tensor  # [B]
-    caches: EncoderCaches
 
 
 class ModelRunner:
@@ -49,40 +55,54 @@ class ModelRunner:
         )
 
         self.model = model
-        self.encoder = model.encoder
         self.device = device
         self.config = config
         self.features = IncrementalMel(model.preprocessor, device)
         self.n_mels = self.features.n_mels
 
-        cfg = self.encoder.streaming_cfg
+        cfg = model.encoder.streaming_cfg
         chunk = cfg.chunk_size
         self.chunk_first, self.chunk = (
-            (chunk[0], chunk[1])
-            if isinstance(chunk, list)
-            else (
-                chunk,
-                chunk,
-            )
+            (chunk[0], chunk[1]) if isinstance(chunk, list) else (chunk, chunk)
         )
         pre = cfg.pre_encode_cache_size
         self.pre_cache = int(pre[1] if isinstance(pre, list) else pre)
         self.drop_later = int(cfg.drop_extra_pre_encoded)
         self.out_per_step = int(cfg.valid_out_len)
+        self.encoder = build_encoder(
+            config.encoder,
+            model.encoder,
+            device=device,
+            dtype=config.dtype,
+            max_new_frames=self.out_per_step,
+        )
+        # A second step exists when the first step leaves fewer mel frames than the cache.
+        self.has_second = 0 < self.chunk_first < self.pre_cache
+        self.drop_second = (
+            self._pre_encoded_frames(self.chunk_first + self.chunk) - self.out_per_step
+            if self.has_second
+            else self.drop_later
+        )
+        enc_layout = self.encoder.layout
+        self.cache_layout = CacheLayout(
+            templates={
+                **enc_layout.templates,
+                MEL_TAIL: torch.zeros(1, self.n_mels, self.pre_cache, device=device),
+            },
+            batch_dims={**enc_layout.batch_dims, MEL_TAIL: 0},
+        )
 
-        self.autocast_dtype = torch.bfloat16 if config.dtype == "bf16" else None
-        self.cache_dtype = torch.bfloat16 if config.dtype == "bf16" else torch.float32
         self.use_cuda = device.type == "cuda"
-        if config.batch_buckets:
-            self.buckets: tuple[int, ...] = config.batch_buckets
-        elif self.use_cuda:
-            top = next((b for b in _CUDA_BUCKETS if b >= config.max_batch), config.max_batch)
-            self.buckets = tuple(b for b in _CUDA_BUCKETS if b < top) + (top,)
-        else:
-            self.buckets = ()
         self.use_graphs = bool(config.cuda_graphs and self.use_cuda)
         if config.cuda_graphs and not self.use_cuda:
             logger.warning("cuda_graphs ignored: device %s is not CUDA", device)
+        if not self.use_graphs:
+            self.buckets: tuple[int, ...] = ()  # eager calls need no fixed shapes
+        elif config.batch_buckets:
+            self.buckets = config.batch_buckets
+        else:
+            top = next((b for b in _CUDA_BUCKETS if b >= config.max_batch), config.max_batch)
+            self.buckets = tuple(b for b in _CUDA_BUCKETS if b < top) + (top,)
         self._graphs: dict[tuple[str, int], _GraphedEncoderStep] = {}
         self._graph_pool = None
 
@@ -106,13 +126,14 @@ class ModelRunner:
 
     # ---- shapes and templates ----
 
-    def encoder_template(self) -> EncoderCaches:
-        """Batch-1 zero caches: shapes, dtypes and device of every per-stream encoder tensor."""
-        ch, ct, ch_len = self.encoder.get_initial_cache_state(
-            batch_size=1, dtype=self.cache_dtype, device=self.device
+    @torch.inference_mode()
+    def _pre_encoded_frames(self, n_mel: int) -> int:
+        """Frames the pre-encode subsampling makes of ``n_mel`` mel frames."""
+        mel = torch.zeros(1, n_mel, self.n_mels, device=self.device)
+        _, lengths = self.model.encoder.pre_encode(
+            x=mel, lengths=torch.tensor([n_mel], device=self.device)
         )
-        tail = torch.zeros(1, self.n_mels, self.pre_cache, device=self.device)
-        return EncoderCaches(ch, ct, ch_len, tail)
+        return int(lengths[0])
 
     def _start_state(self, batch: int) -> list[torch.Tensor]:
         labels = torch.full([batch], self.blank, dtype=torch.long, device=self.device)
@@ -135,77 +156,62 @@ class ModelRunner:
         return DecoderLayout(batch_dims=dims, start=one)
 
     def bucket(self, batch: int) -> int:
-        """Batch size a call of ``batch`` rows is padded to."""
+        """Batch size a call of ``batch`` rows is padded to (only with CUDA graphs)."""
         if not self.buckets or batch > self.buckets[-1]:
             return batch
         return self.buckets[bisect.bisect_left(self.buckets, batch)]
 
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        # cache_enabled=False: cached weight casts would be baked into CUDA graphs.
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=False)
-
     # ---- encoder ----
 
-    def _encoder_eager(self, mel, mel_len, ch, ct, ch_len, drop: int, keep_all: bool):
-        with self._autocast():
-            return self.encoder.cache_aware_stream_step(
-                processed_signal=mel,
-                processed_signal_length=mel_len,
-                cache_last_channel=ch,
-                cache_last_time=ct,
-                cache_last_channel_len=ch_len,
-                keep_all_outputs=keep_all,
-                drop_extra_pre_encoded=drop,
-            )
-
     def encode(
-        self, kind: str, new_mel: torch.Tensor, caches: EncoderCaches, keep_all: bool = False
+        self,
+        kind: str,
+        new_mel: torch.Tensor,
+        caches: dict[str, torch.Tensor],
+        rows: torch.Tensor | None = None,
+        keep_all: bool = False,
     ) -> EncoderOut:
-        """One batched cache-aware encoder step.
+        """One batched cache-aware encoder step; the rows' caches advance in place.
 
         Args:
-            kind: ``FIRST`` (caches must be zeros) or ``LATER``.
+            kind: ``FIRST`` (the rows start an utterance), ``SECOND`` or ``LATER``.
             new_mel: ``[B, n_mels, n]`` new mel frames of each row.
-            caches: the rows' caches (their ``mel_tail`` holds the previous frames).
+            caches: state tensors in ``cache_layout`` (the slot pool's, or a private copy).
+            rows: indices of the B rows in ``caches`` (None: ``caches`` holds exactly B rows).
             keep_all: keep outputs past ``valid_out_len`` (the last step of a final).
         """
-        batch = new_mel.shape[0]
-        joined = torch.cat((caches.mel_tail, new_mel), dim=2)
-        new_tail = joined[:, :, -self.pre_cache :]
+        dims = self.cache_layout.batch_dims
+        tail_store = caches[MEL_TAIL]
         if kind == FIRST:
+            self.encoder.start(caches, rows)
             mel, drop = new_mel, 0
+            # The tail starts with zeros; a second step reads only the real frames of it.
+            missing = max(self.pre_cache - new_mel.shape[2], 0)
+            joined = torch.nn.functional.pad(new_mel, (missing, 0))
         else:
-            mel, drop = joined, self.drop_later
-        ch, ct, ch_len = caches.last_channel, caches.last_time, caches.last_channel_len
-        padded = self.bucket(batch)
-        if padded != batch:
-            extra = padded - batch
-            # Zero rows are a valid (silent, fresh) stream; their outputs are dropped below.
-            mel = torch.cat((mel, mel.new_zeros((extra, *mel.shape[1:]))), 0)
-            ch = torch.cat((ch, ch.new_zeros((ch.shape[0], extra, *ch.shape[2:]))), 1)
-            ct = torch.cat((ct, ct.new_zeros((ct.shape[0], extra, *ct.shape[2:]))), 1)
-            ch_len = torch.cat((ch_len, ch_len.new_zeros(extra)), 0)
-        mel_len = torch.full((padded,), mel.shape[2], dtype=torch.long, device=self.device)
-        if self.use_graphs and not keep_all:
-            step = self._graphs.get((kind, padded))
+            tail = tail_store if rows is None else tail_store.index_select(0, rows)
+            joined = torch.cat((tail, new_mel), dim=2)
+            if kind == SECOND:
+                mel, drop = joined[:, :, self.pre_cache - self.chunk_first :], self.drop_second
+            else:
+                mel, drop = joined, self.drop_later
+        new_tail = joined[:, :, -self.pre_cache :]
+        if rows is None:
+            tail_store.copy_(new_tail)
+        else:
+            tail_store.index_copy_(dims[MEL_TAIL], rows, new_tail)
+        if self.use_graphs and not keep_all and mel.shape[0] <= self.buckets[-1]:
+            step = self._graphs.get((kind, self.bucket(mel.shape[0])))
             if step is None:
-                step = self._capture(kind, padded, mel.shape[2])
-            enc, enc_len, ch, ct, ch_len = step(mel, mel_len, ch, ct, ch_len)
+                step = self._capture(kind, self.bucket(mel.shape[0]), mel.shape[2], drop)
+            enc, enc_len = step(mel, caches, rows)
         else:
-            enc, enc_len, ch, ct, ch_len = self._encoder_eager(
-                mel, mel_len, ch, ct, ch_len, drop, keep_all
-            )
-        if padded != batch:
-            enc, enc_len = enc[:batch], enc_len[:batch]
-            ch, ct, ch_len = ch[:, :batch], ct[:, :batch], ch_len[:batch]
-        return EncoderOut(enc, enc_len, EncoderCaches(ch, ct, ch_len, new_tail))
+            enc, enc_len = self.encoder.step(mel, caches, rows, drop=drop, keep_all=keep_all)
+        return EncoderOut(enc, enc_len)
 
-    def _capture(self, kind: str, batch: int, n_frames: int) -> _GraphedEncoderStep:
+    def _capture(self, kind: str, batch: int, n_frames: int, drop: int) -> _GraphedEncoderStep:
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
-        drop = 0 if kind == FIRST else self.drop_later
         step = _GraphedEncoderStep(self, batch, n_frames, drop, self._graph_pool)
         self._graphs[(kind, batch)] = step
         logger.info("Captured CUDA graph: %s step, batch %d", kind, batch)
@@ -262,67 +268,47 @@ class ModelRunner:
     def warmup(self, max_batch: int) -> None:
         """Run (and on CUDA with graphs, capture) every step shape that will be used."""
         sizes = [b for b in self.buckets if b <= self.bucket(max_batch)] or [1]
-        if not self.use_cuda:
-            sizes = sizes[:1]
         n_first = self.features.window_length(self.chunk_first)
         n_later = self.features.window_length(self.chunk)
-        template = self.encoder_template()
+        kinds = [SECOND, LATER] if self.has_second else [LATER]
         for batch in sizes:
-            mel_first = self.features.compute(
-                np.zeros((batch, n_first), np.float32), self.chunk_first
-            )
-            mel_later = self.features.compute(np.zeros((batch, n_later), np.float32), self.chunk)
-            zeros = _zero_caches(template, batch)
-            first = self.encode(FIRST, mel_first, zeros)
-            later = self.encode(LATER, mel_later, first.caches)
+            caches = self.cache_layout.zeros(batch)
+            mel = self.features.compute(np.zeros((batch, n_first), np.float32), self.chunk_first)
+            out = self.encode(FIRST, mel, caches)
+            mel = self.features.compute(np.zeros((batch, n_later), np.float32), self.chunk)
+            for kind in kinds:
+                out = self.encode(kind, mel, caches)
             state = [
                 s.expand(*[batch if i == d else -1 for i in range(s.dim())]).clone()
                 for s, d in zip(
                     self.decoder_layout.start, self.decoder_layout.batch_dims, strict=True
                 )
             ]
-            self.decode(later.encoded, later.lengths, state)
+            self.decode(out.encoded, out.lengths, state)
         if self.use_cuda:
             torch.cuda.synchronize(self.device)
-        logger.info("ASR warm-up done for batch sizes %s", sizes)
-
-
-def _zero_caches(template: EncoderCaches, batch: int) -> EncoderCaches:
-    def rep(t: torch.Tensor, dim: int) -> torch.Tensor:
-        shape = list(t.shape)
-        shape[dim] = batch
-        return t.new_zeros(shape)
-
-    return EncoderCaches(
-        rep(template.last_channel, 1),
-        rep(template.last_time, 1),
-        rep(template.last_channel_len, 0),
-        rep(template.mel_tail, 0),
-    )
+        logger.info("ASR warm-up done (%s encoder) for batch sizes %s", self.encoder.name, sizes)
 
 
 class _GraphedEncoderStep:
     """The encoder step for one (kind, batch) captured in a CUDA graph (GPU only).
 
-    Inputs are copied into static buffers, the graph is replayed and the static outputs are
-    cloned (the next replay overwrites them). Capture follows the verified recipe: warm up on a
-    side stream, then capture with autocast's weight cache disabled.
+    The graph runs the step on static buffers: the rows' caches are copied in, the graph is
+    replayed, the updated caches are copied back and the outputs cloned (the next replay
+    overwrites them). Rows past the call's batch hold stale but finite state; their outputs are
+    dropped. Capture follows the verified recipe: warm up on a side stream, then capture with
+    autocast's weight cache disabled.
     """
 
     def __init__(self, runner: ModelRunner, batch: int, n_frames: int, drop: int, pool) -> None:
         dev = runner.device
-        template = runner.encoder_template()
-        zeros = _zero_caches(template, batch)
+        self.encoder = runner.encoder
+        self.dims = runner.encoder.layout.batch_dims
+        self.caches = runner.encoder.layout.zeros(batch)
         self.mel = torch.zeros(batch, runner.n_mels, n_frames, device=dev)
-        self.mel_len = torch.full((batch,), n_frames, dtype=torch.long, device=dev)
-        self.ch = zeros.last_channel
-        self.ct = zeros.last_time
-        self.ch_len = zeros.last_channel_len
 
         def run():
-            return runner._encoder_eager(
-                self.mel, self.mel_len, self.ch, self.ct, self.ch_len, drop, False
-            )
+            return self.encoder.step(self.mel, self.caches, None, drop=drop, keep_all=False)
 
         side = torch.cuda.Stream(device=dev)
         side.wait_stream(torch.cuda.current_stream(dev))
@@ -335,11 +321,18 @@ class _GraphedEncoderStep:
             self.out = run()
         torch.cuda.synchronize(dev)
 
-    def __call__(self, mel, mel_len, ch, ct, ch_len):
-        self.mel.copy_(mel)
-        self.mel_len.copy_(mel_len)
-        self.ch.copy_(ch)
-        self.ct.copy_(ct)
-        self.ch_len.copy_(ch_len)
+    def __call__(self, mel, caches, rows):
+        n = mel.shape[0]
+        self.mel[:n].copy_(mel)
+        for name, static in self.caches.items():
+            src = caches[name] if rows is None else caches[name].index_select(self.dims[name], rows)
+            static.narrow(self.dims[name], 0, n).copy_(src)
         self.graph.replay()
-        return tuple(t.clone() for t in self.out)
+        for name, static in self.caches.items():
+            dim = self.dims[name]
+            if rows is None:
+                caches[name].copy_(static.narrow(dim, 0, n))
+            else:
+                caches[name].index_copy_(dim, rows, static.narrow(dim, 0, n))
+        enc, enc_len = self.out
+        return enc[:n].clone(), enc_len[:n].clone()

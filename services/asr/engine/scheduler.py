@@ -4,6 +4,8 @@ Pure bookkeeping over ``StreamState`` (no torch): the engine calls ``plan`` unde
 runs the plan without the lock. Each tick holds at most three kinds of work:
 
 - first steps (``chunk_size[0]`` frames, drop 0) for streams starting an utterance;
+- second steps, only where the first step is shorter than the pre-encode cache (80 ms chunks):
+  the first step's frames + ``chunk_size[1]``, one pre-encoded frame dropped;
 - later steps (9 cached + ``chunk_size[1]`` frames, drop 2) for streams with a full chunk;
 - finals: a copy of a stream's state is advanced over the rest of its audio, padded with silence
   to the chunk grid, the last sub-step keeping all outputs. Finals never write the live state.
@@ -19,7 +21,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from .features import IncrementalMel
-from .runner import FIRST, LATER
+from .runner import FIRST, LATER, SECOND
 from .state import RESET, FinalRequest, StreamState, TextState
 
 
@@ -57,14 +59,20 @@ class TickPlan:
     first: list[LiveStep]
     later: list[LiveStep]
     finals: list[FinalWork]
+    second: list[LiveStep] = dataclasses.field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.first or self.later or self.finals)
+        return not (self.first or self.second or self.later or self.finals)
+
+    @property
+    def live(self) -> list[LiveStep]:
+        """Every live step, in the order of the tick's decode rows."""
+        return self.first + self.second + self.later
 
     @property
     def live_rows(self) -> int:
-        return len(self.first) + len(self.later)
+        return len(self.first) + len(self.second) + len(self.later)
 
 
 def _is_control(item: object) -> bool:
@@ -79,16 +87,29 @@ class Scheduler:
     max_defer_s = 2.0
 
     def __init__(
-        self, features: IncrementalMel, chunk_first: int, chunk: int, max_batch: int
+        self,
+        features: IncrementalMel,
+        chunk_first: int,
+        chunk: int,
+        max_batch: int,
+        pre_cache: int = 0,
     ) -> None:
         self.features = features
         self.chunk_first = chunk_first
         self.chunk = chunk
         self.max_batch = max_batch
+        self.pre_cache = pre_cache
+
+    def kind_at(self, mel_pos: int) -> str:
+        """Kind of the step that starts at mel frame ``mel_pos``."""
+        if mel_pos == 0:
+            return FIRST
+        return SECOND if mel_pos < self.pre_cache else LATER
 
     def step_frames(self, stream: StreamState) -> tuple[str, int]:
         """Kind and frame count of the stream's next live step."""
-        return (FIRST, self.chunk_first) if stream.mel_pos == 0 else (LATER, self.chunk)
+        kind = self.kind_at(stream.mel_pos)
+        return kind, self.chunk_first if kind == FIRST else self.chunk
 
     def samples_for_next_step(self, stream: StreamState) -> int:
         """Samples the stream needs before its next live step can run."""
@@ -157,8 +178,7 @@ class Scheduler:
                 ready.append((stream, generation))
         # Round robin under overload: streams served longest ago go first.
         ready.sort(key=lambda item: item[0].last_served)
-        first: list[LiveStep] = []
-        later: list[LiveStep] = []
+        by_kind: dict[str, list[LiveStep]] = {FIRST: [], SECOND: [], LATER: []}
         for stream, generation in ready[: self.max_batch]:
             with stream.lock:
                 if stream.closed:
@@ -178,8 +198,14 @@ class Scheduler:
                 slot=slot,
                 audio_needed=hi,
             )
-            (first if kind == FIRST else later).append(step)
-        return TickPlan(tick=tick, first=first, later=later, finals=finals)
+            by_kind[kind].append(step)
+        return TickPlan(
+            tick=tick,
+            first=by_kind[FIRST],
+            second=by_kind[SECOND],
+            later=by_kind[LATER],
+            finals=finals,
+        )
 
     def _behind(self, stream: StreamState, n_samples: int) -> bool:
         """Whether a final over ``n_samples`` would redo more than two steps of live work.
@@ -209,7 +235,7 @@ class Scheduler:
             substeps.append((FIRST, self.chunk_first))
             pos = self.chunk_first
         while pos < end:
-            substeps.append((LATER, self.chunk))
+            substeps.append((self.kind_at(pos), self.chunk))
             pos += self.chunk
         lo, hi = self.features.window(start, end)
         return FinalWork(

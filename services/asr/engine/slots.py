@@ -1,10 +1,11 @@
 """Slot pool: every stream's model state lives in one row ("slot") of shared tensors.
 
-Encoder caches are stored as ``[layers, slots, ...]`` exactly as NeMo's encoder takes them, so a
-batch is one ``index_select`` along dim 1 and the update one ``index_copy_``. The decoder state
-(LSTM ``h``/``c``, last predictor output, last label) and the 9 mel frames the next step re-reads
-(the pre-encode cache) live here too. The pool grows by doubling up to ``max_slots`` and never
-shrinks: freed slots are reused, and a fresh stream's first step never reads its slot.
+The encoder state is whatever the configured encoder step keeps (``encoders.CacheLayout``: named
+tensors, each with its batch dim), plus the mel frames the next step re-reads (the pre-encode
+cache). Live steps update their rows in place; a final works on a copy (``gather_encoder``). The
+decoder state (LSTM ``h``/``c``, last predictor output, last label) lives here too. The pool grows
+by doubling up to ``max_slots`` and never shrinks: freed slots are reused, and a stream's first
+step puts its row in the start state before reading it.
 """
 
 from __future__ import annotations
@@ -14,15 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-@dataclass
-class EncoderCaches:
-    """Cache tensors of a batch, in NeMo's layout."""
-
-    last_channel: torch.Tensor  # [layers, B, left_context, d_model]
-    last_time: torch.Tensor  # [layers, B, d_model, conv_kernel - 1]
-    last_channel_len: torch.Tensor  # [B] int64
-    mel_tail: torch.Tensor  # [B, n_mels, pre_encode_cache] fp32
+from .encoders import CacheLayout
 
 
 @dataclass
@@ -38,25 +31,25 @@ class SlotPool:
 
     def __init__(
         self,
-        template: EncoderCaches,
+        encoder: CacheLayout,
         decoder: DecoderLayout,
         max_slots: int,
         initial_slots: int = 8,
     ) -> None:
         """Args:
-        template: batch-1 caches giving shapes, dtypes and device of each tensor.
+        encoder: the encoder state layout (batch-1 templates and batch dims).
         decoder: decoder state layout with its start state.
         max_slots: hard cap on slots.
         initial_slots: rows allocated up front (grows by doubling).
         """
         self.max_slots = max_slots
-        self._template = template
+        self._layout = encoder
         self._decoder = decoder
         self._lock = threading.Lock()
         self._free: list[int] = []
         self._in_use: set[int] = set()
         self.capacity = 0
-        self._enc: list[torch.Tensor] = []
+        self.encoder_state: dict[str, torch.Tensor] = {}
         self._dec: list[torch.Tensor] = []
         self._grow(min(max(initial_slots, 1), max_slots))
 
@@ -92,20 +85,11 @@ class SlotPool:
 
     def _grow(self, new_capacity: int) -> None:
         old = self.capacity
-        t = self._template
-        enc_dims = (1, 1, 0, 0)
-        new_enc = []
-        for i, (src, dim) in enumerate(
-            zip(
-                (t.last_channel, t.last_time, t.last_channel_len, t.mel_tail), enc_dims, strict=True
-            )
-        ):
-            shape = list(src.shape)
-            shape[dim] = new_capacity
-            buf = torch.zeros(shape, dtype=src.dtype, device=src.device)
+        dims = self._layout.batch_dims
+        new_enc = self._layout.zeros(new_capacity)
+        for name, buf in new_enc.items():
             if old:
-                buf.narrow(dim, 0, old).copy_(self._enc[i])
-            new_enc.append(buf)
+                buf.narrow(dims[name], 0, old).copy_(self.encoder_state[name])
         new_dec = []
         for i, (src, dim) in enumerate(
             zip(self._decoder.start, self._decoder.batch_dims, strict=True)
@@ -116,7 +100,7 @@ class SlotPool:
             if old:
                 buf.narrow(dim, 0, old).copy_(self._dec[i])
             new_dec.append(buf)
-        self._enc, self._dec = new_enc, new_dec
+        self.encoder_state, self._dec = new_enc, new_dec
         with self._lock:
             # Hand out low slot numbers first (pop() takes from the end).
             self._free = list(range(new_capacity - 1, old - 1, -1)) + self._free
@@ -124,33 +108,14 @@ class SlotPool:
 
     # -- tensor access (scheduler thread only) --
 
-    def gather_encoder(self, idx: torch.Tensor) -> EncoderCaches:
-        """Copies of the encoder caches of slots ``idx`` (a long tensor on the pool device)."""
-        ch, ct, ch_len, tail = self._enc
-        return EncoderCaches(
-            ch.index_select(1, idx),
-            ct.index_select(1, idx),
-            ch_len.index_select(0, idx),
-            tail.index_select(0, idx),
-        )
+    def gather_encoder(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Copies of the encoder state of slots ``idx`` (a long tensor on the pool device)."""
+        dims = self._layout.batch_dims
+        return {name: t.index_select(dims[name], idx) for name, t in self.encoder_state.items()}
 
-    def scatter_encoder(self, idx: torch.Tensor, caches: EncoderCaches) -> None:
-        """Write the caches of a batch back into slots ``idx``."""
-        ch, ct, ch_len, tail = self._enc
-        ch.index_copy_(1, idx, caches.last_channel.to(ch.dtype))
-        ct.index_copy_(1, idx, caches.last_time.to(ct.dtype))
-        ch_len.index_copy_(0, idx, caches.last_channel_len.to(ch_len.dtype))
-        tail.index_copy_(0, idx, caches.mel_tail.to(tail.dtype))
-
-    def initial_encoder(self, batch: int) -> EncoderCaches:
-        """Zero caches for ``batch`` streams starting an utterance."""
-        t = self._template
-        return EncoderCaches(
-            t.last_channel.new_zeros((t.last_channel.shape[0], batch, *t.last_channel.shape[2:])),
-            t.last_time.new_zeros((t.last_time.shape[0], batch, *t.last_time.shape[2:])),
-            t.last_channel_len.new_zeros((batch,)),
-            t.mel_tail.new_zeros((batch, *t.mel_tail.shape[1:])),
-        )
+    def initial_encoder(self, batch: int) -> dict[str, torch.Tensor]:
+        """Zero encoder state for ``batch`` streams starting an utterance (not in any slot)."""
+        return self._layout.zeros(batch)
 
     def gather_decoder(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """Copies of the decoder states of slots ``idx``."""
@@ -182,4 +147,5 @@ class SlotPool:
 
     def nbytes(self) -> int:
         """Bytes held by the pool tensors."""
-        return sum(t.numel() * t.element_size() for t in (*self._enc, *self._dec))
+        tensors = (*self.encoder_state.values(), *self._dec)
+        return sum(t.numel() * t.element_size() for t in tensors)
