@@ -129,7 +129,12 @@ def model_config(arch: str = "tiny") -> dict:
     }
 
 
-def build_model(arch: str = "tiny", seed: int = 0, blank_bias: float | None = None):
+def build_model(
+    arch: str = "tiny",
+    seed: int = 0,
+    blank_bias: float | None = None,
+    encoder_overrides: dict | None = None,
+):
     """Build a random-weight model.
 
     Args:
@@ -137,13 +142,17 @@ def build_model(arch: str = "tiny", seed: int = 0, blank_bias: float | None = No
         seed: torch seed for the weights (the same seed gives the same model).
         blank_bias: if set, the joint's output bias of the blank token. Random weights almost
             always pick blank; a negative value makes them emit (garbage but deterministic) text.
+        encoder_overrides: encoder config keys to change (e.g. ``conv_norm_type``), for tests
+            of architectures the two named shapes do not cover.
     """
     import torch
     from nemo.collections.asr.models import EncDecRNNTModel
     from omegaconf import OmegaConf
 
     torch.manual_seed(seed)
-    model = EncDecRNNTModel(cfg=OmegaConf.create(model_config(arch)))
+    cfg = model_config(arch)
+    cfg["encoder"].update(encoder_overrides or {})
+    model = EncDecRNNTModel(cfg=OmegaConf.create(cfg))
     if blank_bias is not None:
         with torch.no_grad():
             model.joint.joint_net[-1].bias[model.decoder.blank_idx] = blank_bias
