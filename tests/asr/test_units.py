@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from services.asr.engine.engine import to_float32
+from services.asr.engine.events import to_pcm16
 from services.asr.engine.features import IncrementalMel
 from services.asr.engine.state import AudioBuffer, TextState
 
@@ -81,3 +82,47 @@ def test_to_float32_accepts_pcm16_and_arrays():
     for bad in (b"\x00\x01\x02", np.zeros((2, 2), np.float32), np.zeros(3, np.int32), [0.1]):
         with pytest.raises(ValueError):
             to_float32(bad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_to_float32_and_to_pcm16_reject_non_finite_samples(dtype, value):
+    audio = np.full(320, 0.25, dtype)
+    audio[[3, 200]] = value
+    for convert in (to_float32, to_pcm16):
+        with pytest.raises(ValueError, match="2 non-finite sample") as info:
+            convert(audio)
+        # Says what to send instead.
+        assert "finite float samples in [-1, 1] or int16 PCM" in str(info.value)
+
+
+def test_to_float32_checks_after_the_cast_and_keeps_finite_edges():
+    # float64 past float32's range would turn into Inf on the way to the model.
+    with np.errstate(over="ignore"), pytest.raises(ValueError, match="1 non-finite sample"):
+        to_float32(np.array([0.0, 1e300]))
+    # The edges of what is finite are still accepted, and int16 is never checked.
+    edge = np.array([np.finfo(np.float32).max, -np.finfo(np.float32).max, 0.0], np.float32)
+    assert np.isfinite(to_float32(edge)).all() and len(to_pcm16(edge)) == 6
+    assert to_float32(np.array([-32768, 32767], np.int16)).tolist() == [-1.0, 32767 / 32768]
+
+
+def test_push_audio_rejects_non_finite_samples_and_the_stream_keeps_working(make_engine):
+    engine = make_engine(chunk_ms=160)
+    first, second = babble(0.8, seed=31), babble(0.8, seed=32)
+    clean = engine.open_stream()
+    clean.push_audio(first)
+    clean.push_audio(second)
+    expected = clean.finalize_sync(timeout=30)
+    assert expected.text  # the tiny model's garbage text: a real comparison below
+
+    stream = engine.open_stream()
+    stream.push_audio(first)
+    for value in (np.nan, np.inf, -np.inf):
+        spoiled = second.copy()
+        spoiled[100] = value
+        with pytest.raises(ValueError, match="1 non-finite sample.*int16 PCM"):
+            stream.push_audio(spoiled)
+    stream.push_audio(second)  # nothing of the refused pushes was kept
+    final = stream.finalize_sync(timeout=30)
+    assert final.text == expected.text
+    assert final.audio_end_s == expected.audio_end_s == pytest.approx(1.6)

@@ -10,6 +10,7 @@ import functools
 import os
 import signal
 
+import numpy as np
 import pytest
 
 from services.asr.engine import EngineConfig, EngineProcess, StreamClosedError
@@ -121,6 +122,31 @@ async def test_backlog_over_the_bound_raises_overloaded_on_a_later_push(tiny_nem
         other = engine.open_stream()
         other.push_audio(speechlike_pcm(1.0))
         assert (await asyncio.wait_for(other.finalize(), 30)).is_final
+    finally:
+        await engine.aclose()
+
+
+async def test_non_finite_float_audio_is_refused_in_the_caller_and_the_stream_goes_on(
+    tiny_nemo, tiny_engine
+):
+    pcm = speechlike_pcm(1.5, seed=4)
+    expected = await asyncio.to_thread(in_process_final, tiny_engine, pcm)
+    assert expected
+    audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768  # back to exactly ``pcm``
+    half = len(audio) // 2
+    engine = await start_process(tiny_nemo)
+    try:
+        stream = engine.open_stream()
+        stream.push_audio(audio[:half])
+        for value in (np.nan, np.inf, -np.inf):
+            spoiled = audio[half:].copy()
+            spoiled[7] = value
+            # Raised by push_audio itself, as by the engine in this process: never sent.
+            with pytest.raises(ValueError, match="1 non-finite sample.*int16 PCM"):
+                stream.push_audio(spoiled)
+        stream.push_audio(audio[half:])
+        final = await asyncio.wait_for(stream.finalize(), 30)
+        assert final.text == expected
     finally:
         await engine.aclose()
 

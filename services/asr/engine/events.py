@@ -69,6 +69,24 @@ def _checked(pcm: bytes | bytearray | memoryview | np.ndarray) -> memoryview | n
     raise ValueError(f"audio must be bytes or a numpy array, got {type(pcm).__name__}")
 
 
+def _check_finite(samples: np.ndarray) -> None:
+    """Reject NaN and infinite samples (one vectorised pass; float arrays only).
+
+    One such sample spreads through the mel features and the encoder's attention and cache,
+    spoiling the rest of the stream's utterance; int16 audio cannot carry one.
+
+    Raises:
+        ValueError: how many samples are not finite, and what to send instead.
+    """
+    finite = np.isfinite(samples)
+    if not finite.all():
+        bad = samples.size - int(np.count_nonzero(finite))
+        raise ValueError(
+            f"audio has {bad} non-finite sample(s) (NaN or Inf) out of {samples.size}; "
+            "send finite float samples in [-1, 1] or int16 PCM"
+        )
+
+
 def to_float32(pcm: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
     """Convert pushed audio to float32 samples in [-1, 1].
 
@@ -76,14 +94,16 @@ def to_float32(pcm: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
         pcm: int16 little-endian mono bytes, or a 1-D float32/float64/int16 array.
 
     Raises:
-        ValueError: odd byte length, wrong dimensions, dtype or type.
+        ValueError: odd byte length, wrong dimensions, dtype or type; NaN or infinite samples.
     """
     audio = _checked(pcm)
     if isinstance(audio, memoryview):
         return np.frombuffer(audio, dtype="<i2").astype(np.float32) / 32768.0
     if audio.dtype == np.int16:
         return audio.astype(np.float32) / 32768.0
-    return audio.astype(np.float32)  # a copy: the caller may reuse its buffer
+    samples = audio.astype(np.float32)  # a copy: the caller may reuse its buffer
+    _check_finite(samples)  # after the cast, which turns float64 past float32's range into Inf
+    return samples
 
 
 def to_pcm16(pcm: bytes | bytearray | memoryview | np.ndarray) -> bytes:
@@ -97,4 +117,5 @@ def to_pcm16(pcm: bytes | bytearray | memoryview | np.ndarray) -> bytes:
         return pcm if isinstance(pcm, bytes) else audio.tobytes()
     if audio.dtype == np.int16:
         return audio.astype("<i2").tobytes()
+    _check_finite(audio)  # else clipping makes Inf full scale and the cast makes NaN arbitrary
     return (np.clip(audio, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()

@@ -76,8 +76,15 @@ class TextState:
 
     Only a short tail of token ids is kept; older ones are folded into ``committed`` text. The
     detokenizer is applied to ``[anchor] + tail`` and the anchor's own text is cut off, so
-    word-boundary spaces of subword tokenizers come out as in a one-shot decode.
+    word-boundary spaces of subword tokenizers come out as in a one-shot decode. A fold only
+    splits where that reproduces the text exactly (see ``_fold``), so ``text`` equals the
+    detokenizer applied to every id at once (until ``max_chars`` cuts it).
     """
+
+    # Split points tried per fold attempt. A split fails only where the detokenizer joins the
+    # ids on either side (a space then a punctuation mark NeMo strips it before, the bytes of one
+    # character): never many in a row, so the first or second candidate almost always fits.
+    _FOLD_SEARCH = 16
 
     def __init__(
         self,
@@ -86,6 +93,8 @@ class TextState:
         max_tail: int = 256,
         keep_tail: int = 32,
     ) -> None:
+        if not 1 <= keep_tail < max_tail:
+            raise ValueError(f"need 1 <= keep_tail < max_tail, got {keep_tail}, {max_tail}")
         self._detok = detokenize
         self._max_chars = max_chars
         self._max_tail = max_tail
@@ -97,45 +106,77 @@ class TextState:
         self.anchor: int | None = None
         self.tail: list[int] = []
         self.text = ""
+        self._fold_after = self._max_tail  # tail length past which the next fold is tried
 
     def snapshot(self) -> TextState:
         """An independent copy (finals preview text on it while the live text moves on)."""
         copy = TextState(self._detok, self._max_chars, self._max_tail, self._keep_tail)
-        copy.committed, copy.anchor, copy.tail, copy.text = (
+        copy.committed, copy.anchor, copy.tail, copy.text, copy._fold_after = (
             self.committed,
             self.anchor,
             list(self.tail),
             self.text,
+            self._fold_after,
         )
         return copy
 
-    def _suffix(self, ids: list[int]) -> str:
+    def _suffix(self, ids: list[int], anchor: int | None) -> str:
+        """Text of ``ids`` as it reads after ``anchor`` (the last id already folded)."""
         if not ids:
             return ""
-        if self.anchor is None:
+        if anchor is None:
             return self._detok(ids)
-        head = self._detok([self.anchor])
-        both = self._detok([self.anchor, *ids])
+        head = self._detok([anchor])
+        both = self._detok([anchor, *ids])
         return both[len(head) :] if both.startswith(head) else self._detok(ids)
 
     def preview(self, ids: list[int]) -> str:
         """Text the utterance would have with ``ids`` appended (state unchanged)."""
         if not ids:
             return self.text
-        return self._cap(self.committed + self._suffix(self.tail + list(ids)))
+        return self._cap(self.committed + self._suffix(self.tail + list(ids), self.anchor))
 
     def extend(self, ids: list[int]) -> bool:
         """Append token ids; returns True when the text changed."""
         if not ids:
             return False
         self.tail.extend(ids)
-        if len(self.tail) > self._max_tail:
-            old, self.tail = self.tail[: -self._keep_tail], self.tail[-self._keep_tail :]
-            self.committed = self._cap(self.committed + self._suffix(old))
-            self.anchor = old[-1]
+        tail_text = self._suffix(self.tail, self.anchor)
+        if len(self.tail) > self._fold_after:
+            tail_text = self._fold(tail_text)
         before = self.text
-        self.text = self._cap(self.committed + self._suffix(self.tail))
+        self.text = self._cap(self.committed + tail_text)
         return self.text != before
+
+    def _fold(self, tail_text: str) -> str:
+        """Fold the oldest tail ids into ``committed``; returns the text of the tail left.
+
+        ``tail_text`` is the whole tail's text. A split is kept only if the two parts read
+        exactly as ``tail_text``: NeMo's detokenizer drops a space before a punctuation mark,
+        which a split between the two would leave in ``committed`` for good. Splits from
+        ``keep_tail`` ids before the end back to ``_FOLD_SEARCH`` earlier are tried; if none
+        fits, the fold waits for more ids, up to a tail of ``2 * max_tail`` (then it folds
+        anyway, so memory and the per-id cost stay bounded).
+        """
+        last = len(self.tail) - self._keep_tail
+        for split in range(last, max(last - self._FOLD_SEARCH, 0), -1):
+            old_text = self._suffix(self.tail[:split], self.anchor)
+            rest_text = self._suffix(self.tail[split:], self.tail[split - 1])
+            if old_text + rest_text == tail_text:
+                self._commit(split, old_text)
+                return rest_text
+        if len(self.tail) <= 2 * self._max_tail:
+            # Try again once the tail has grown past the split points just tried.
+            self._fold_after = len(self.tail) + self._FOLD_SEARCH - 1
+            return tail_text
+        self._commit(last, self._suffix(self.tail[:last], self.anchor))
+        return self._suffix(self.tail, self.anchor)
+
+    def _commit(self, split: int, old_text: str) -> None:
+        self.committed = self._cap(self.committed + old_text)
+        self.anchor = self.tail[split - 1]
+        self.tail = self.tail[split:]
+        self._fold_after = self._max_tail
 
     def _cap(self, text: str) -> str:
         return text if len(text) <= self._max_chars else text[-self._max_chars :]
