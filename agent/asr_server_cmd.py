@@ -45,6 +45,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--chunk-ms", type=int, choices=[80, 160, 560, 1120], help="stt.chunk_ms (streaming chunk)"
     )
     parser.add_argument(
+        "--encoder",
+        choices=["fast", "nemo"],
+        help="stt.encoder: fast (K/V-cached step, default) or nemo (NeMo's own step)",
+    )
+    parser.add_argument(
         "--token", help=f"bearer token clients must send (default ${TOKEN_ENV}, stt.server_token)"
     )
     parser.add_argument(
@@ -151,6 +156,7 @@ def handler(args: argparse.Namespace) -> int:
         "device": args.device or stt.device,
         "dtype": args.dtype or stt.dtype,
         "chunk_ms": args.chunk_ms or stt.chunk_ms,
+        "encoder": args.encoder or stt.encoder,
         "max_streams": args.max_streams,
         "cuda_graphs": args.cuda_graphs,
     }
@@ -180,7 +186,7 @@ def handler(args: argparse.Namespace) -> int:
     where = "in this process" if args.in_process else "in its own process"
     logger.info(
         f"Loading ASR engine {config.model} on {config.device} ({config.dtype}, "
-        f"{config.chunk_ms} ms chunks) {where}..."
+        f"{config.chunk_ms} ms chunks, {config.encoder} encoder) {where}..."
     )
     try:
         return asyncio.run(_serve(args, config, server_config, settings.log_level))

@@ -58,6 +58,9 @@ class STTSettings(_Section):
     device: str = "auto"
     dtype: Literal["fp32", "bf16"] = "bf16"
     chunk_ms: Literal[80, 160, 560, 1120] = 160
+    # The engine's encoder step: "fast" caches projected keys/values (~4x fewer FLOPs at 160 ms),
+    # "nemo" is NeMo's own cache_aware_stream_step. Same output within float rounding.
+    encoder: Literal["fast", "nemo"] = "fast"
     # Run the engine in a child process shared by the bot's sessions: their frame processing and
     # the engine's scheduler then never compete for the interpreter lock
     # (scripts/bench_stt_sessions.py). False: in this process, on a scheduler thread.

@@ -34,7 +34,13 @@ def engine_config(settings: AgentSettings) -> EngineConfig:
     dtype = stt.dtype
     if dtype == "bf16" and not _uses_cuda(stt.device):
         dtype = "fp32"  # bf16 autocast on a CPU is slower, not faster
-    return EngineConfig(model=stt.model, device=stt.device, dtype=dtype, chunk_ms=stt.chunk_ms)
+    return EngineConfig(
+        model=stt.model,
+        device=stt.device,
+        dtype=dtype,
+        chunk_ms=stt.chunk_ms,
+        encoder=stt.encoder,
+    )
 
 
 def _uses_cuda(device: str) -> bool:
@@ -51,7 +57,7 @@ def _uses_cuda(device: str) -> bool:
 
 
 def _key(config: EngineConfig) -> tuple:
-    return (config.model, config.resolved_device(), config.dtype, config.chunk_ms)
+    return (config.model, config.resolved_device(), config.dtype, config.chunk_ms, config.encoder)
 
 
 def build(settings: AgentSettings) -> NemotronSTTService:
