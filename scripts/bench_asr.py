@@ -1,16 +1,22 @@
 #!/usr/bin/env python
-"""Benchmark the batched cache-aware ASR engine against two baselines, same model, same audio.
+"""Benchmark the batched cache-aware ASR engine against NeMo's baselines, same model, same audio.
 
-Systems (all on one model object, in one run):
-  engine    services.asr.engine: per tick ONE batched cache-aware encoder step + ONE greedy decode
-            for every stream with a full chunk.
-  buffered  NeMo's buffered inference: every chunk, re-encode a sliding window (default 4 s) of
-            each stream without caches and decode the newest frames; batched over streams.
-  shipped   NeMo as shipped: one ``conformer_stream_step`` per stream, one stream after another.
+Systems (all on one model object, in one run; ``--systems`` picks them):
+  engine           services.asr.engine as configured (``--encoder``, the K/V-cached step by
+                   default): per tick ONE batched encoder step + ONE greedy decode for every
+                   stream with a full chunk.
+  engine-nemo      the same engine on NeMo's own ``cache_aware_stream_step`` (encoder = nemo).
+  shipped          NeMo as shipped: one ``conformer_stream_step`` per stream, one after another.
+  shipped-batched  NeMo's step batched: one ``conformer_stream_step`` call for all B streams,
+                   as NeMo's own streaming pipeline runs it.
+  buffered         NeMo's buffered inference: every chunk, re-encode a sliding window (default
+                   4 s) of each stream without caches and decode the newest frames; batched.
 
-For each: step time vs batch size (time to advance B streams by one chunk), capacity in real-time
-streams (B x chunk / step, at the best B whose step fits in a chunk), chunk latency p50/p95/p99
-under real-time paced load of N streams (audio complete -> result), and time to final.
+For each: step time vs batch size (time to advance B streams by one chunk), FLOPs of one step
+(counted by torch.utils.flop_counter on the real step) and an analytic byte count (weights read
+once + per-stream state read and written), capacity in real-time streams (B x chunk / step, at
+the best B whose step fits in a chunk), chunk latency p50/p95/p99 under real-time paced load of N
+streams (audio complete -> result; ``--streams 0`` skips it), and time to final.
 
 Random weights (``--arch``) cost the same compute as trained ones. The joint's blank logit is
 raised (``--blank-bias``) so that random weights emit about as rarely as a trained model; every
@@ -18,6 +24,8 @@ system decodes with the same model, so the comparison stays fair.
 
 Examples:
   python scripts/bench_asr.py --arch tiny --device cpu --threads 1 --out bench_results/asr_cpu
+  python scripts/bench_asr.py --arch nemotron-0.6b --device cpu --threads 2 --batches 1,4,8 \\
+      --systems engine,engine-nemo --streams 0 --out bench_results/asr_cpu_encoders
   python scripts/bench_asr.py --arch nemotron-0.6b --device cuda --dtype bf16 --cuda-graphs \\
       --batches 1,8,64,256,1024 --streams 256 --out bench_results/asr_h100
 """
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -49,6 +58,7 @@ from services.asr.engine.runner import ModelRunner  # noqa: E402
 
 SR = 16000
 HOP = 160
+SYSTEMS = ("engine", "engine-nemo", "shipped", "shipped-batched", "buffered")
 logger = logging.getLogger("bench_asr")
 
 
@@ -69,24 +79,55 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def count_flops(fn) -> int:
+    """FLOPs of the torch ops ``fn`` runs on this thread (matmuls, convs, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def weight_bytes(model, dtype: str) -> int:
+    """Bytes of the weights one step reads (every parameter once, in the compute dtype)."""
+    per = 2 if dtype == "bf16" else 4
+    return sum(p.numel() for p in model.parameters()) * per
+
+
 # ---------------------------------------------------------------- systems
 
 
 class EngineSystem:
     """The engine, ticked by hand for step times and by its own thread for the paced run."""
 
-    name = "engine"
-
-    def __init__(self, model, config: EngineConfig) -> None:
+    def __init__(self, model, config: EngineConfig, name: str = "engine") -> None:
+        self.name = name
         self.engine = ASREngine(config, model=model)
         self.runner = self.engine._runner
         self.device = self.engine.device
         self.first_samples = self.runner.features.samples_needed(self.runner.chunk_first)
         self.chunk_samples = self.runner.chunk * HOP
+        self._weight_bytes = weight_bytes(model, config.dtype)
 
-    def step_time(self, batch: int, repeats: int) -> float:
+    def memory_model(self) -> dict:
+        pool = self.engine._pool
+        decoder = tensor_bytes(pool._decoder.start)
+        return {
+            "encoder": self.runner.encoder.name,
+            "weight_bytes": self._weight_bytes,
+            "state_bytes_per_stream": self.runner.cache_layout.nbytes_per_stream() + decoder,
+        }
+
+    def close(self) -> None:
+        self.engine.shutdown()
+
+    def step_time(self, batch: int, repeats: int, flops: bool = False) -> tuple[float, int | None]:
         streams = [self.engine.open_stream() for _ in range(batch)]
-        audio = speechlike((self.first_samples + (repeats + 3) * self.chunk_samples) / SR, 1)
+        audio = speechlike((self.first_samples + (repeats + 4) * self.chunk_samples) / SR, 1)
         times = []
         try:
             with self.engine._tick_lock, torch.inference_mode(), _on_device(self.device):
@@ -105,10 +146,15 @@ class EngineSystem:
                     if r >= 2:  # the first later steps warm allocator caches
                         times.append(time.perf_counter() - t0)
                     assert rows == batch, (rows, batch)
+                counted = None
+                if flops:  # one more later step, counted
+                    for s in streams:
+                        s.push_audio(audio[pos : pos + self.chunk_samples])
+                    counted = count_flops(self.engine._tick_once)
         finally:
             for s in streams:
                 s.close()
-        return statistics.median(times)
+        return statistics.median(times), counted
 
     def time_to_final_idle(self, repeats: int) -> float:
         audio = speechlike(2.0, 2)
@@ -183,9 +229,25 @@ class _Baseline:
         self.device = runner.device
         self.chunk_first, self.chunk = runner.chunk_first, runner.chunk
         self.chunk_samples = self.chunk * HOP
+        self.dtype = runner.config.dtype
 
     def _autocast(self):
-        return self.runner._autocast()
+        if self.dtype != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
+
+    def memory_model(self) -> dict:
+        nemo_caches = self.model.encoder.get_initial_cache_state(batch_size=1, device=self.device)
+        per = 2 if self.dtype == "bf16" else 4
+        state = sum(t.numel() for t in nemo_caches[:2]) * per
+        return {
+            "encoder": "nemo",
+            "weight_bytes": weight_bytes(self.model, self.dtype),
+            "state_bytes_per_stream": state + tensor_bytes(self.runner.decoder_layout.start),
+        }
+
+    def close(self) -> None:
+        pass
 
     def _mel(self, windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         signal = torch.from_numpy(windows).to(self.device)
@@ -199,7 +261,7 @@ class _Baseline:
     def reset(self, n_streams: int, seconds: float) -> None:
         raise NotImplementedError
 
-    def step_time(self, batch: int, repeats: int) -> float:
+    def step_time(self, batch: int, repeats: int, flops: bool = False) -> tuple[float, int | None]:
         self.reset(batch, (repeats + 8) * self.chunk_samples / SR + 5)
         times = []
         with torch.inference_mode():
@@ -210,7 +272,8 @@ class _Baseline:
                 sync(self.device)
                 if r >= 2:
                     times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+            counted = count_flops(lambda: self.process(list(range(batch)))) if flops else None
+        return statistics.median(times), counted
 
     def paced(self, n_streams: int, seconds: float, chunk_s: float) -> dict:
         """Real-time arrival of chunks, served by one worker as fast as it can (same clock)."""
@@ -261,6 +324,14 @@ class BufferedSystem(_Baseline):
         super().__init__(runner)
         self.window = int(window_s * SR)
         self.n_out = runner.out_per_step
+
+    def memory_model(self) -> dict:
+        out = super().memory_model()
+        out["encoder"] = "nemo (no cache)"
+        out["state_bytes_per_stream"] = self.window * 4 + tensor_bytes(
+            self.runner.decoder_layout.start
+        )
+        return out
 
     def reset(self, n_streams: int, seconds: float) -> None:
         self.audio = [
@@ -391,6 +462,95 @@ class ShippedSystem(_Baseline):
         return statistics.median(out)
 
 
+class ShippedBatchedSystem(_Baseline):
+    """NeMo's ``conformer_stream_step`` called once for a whole batch of streams.
+
+    That is how NeMo's own streaming pipeline runs it: every stream's caches in batched tensors
+    (NeMo's layout, each row with its own cache length), one call per chunk for the streams
+    that have one, previous hypotheses passed in and extended.
+    """
+
+    name = "shipped-batched"
+
+    def reset(self, n_streams: int, seconds: float) -> None:
+        enc = self.model.encoder
+        self.audio = [speechlike(max(seconds, 3), 30 + i) for i in range(n_streams)]
+        self.caches = list(enc.get_initial_cache_state(batch_size=n_streams, device=self.device))
+        self.hyps: list = [None] * n_streams
+        self.mel_pos = [0] * n_streams
+        with torch.inference_mode():  # the shorter first step is not what is timed
+            self._call(list(range(n_streams)))
+
+    def _window(self, i: int, a: int, b: int) -> np.ndarray:
+        lo, hi = self.runner.features.window(a, b)
+        audio = self.audio[i]
+        if hi > len(audio):  # long timing runs re-read the end: only the shape matters
+            lo, hi = lo - (hi - len(audio)), len(audio)
+        out = np.zeros(hi - lo, np.float32)
+        start = max(lo, 0)
+        out[start - lo :] = audio[start:hi]
+        return out
+
+    def _call(self, streams: list[int], keep_all: bool = False) -> None:
+        first = self.mel_pos[streams[0]] == 0
+        pre = 0 if first else self.runner.pre_cache
+        spans = [
+            (p - pre, p + (self.chunk_first if first else self.chunk))
+            for p in (self.mel_pos[i] for i in streams)
+        ]
+        n = spans[0][1] - spans[0][0]
+        windows = np.stack([self._window(i, *span) for i, span in zip(streams, spans, strict=True)])
+        mel = self.runner.features.compute(windows, n)
+        everyone = streams == list(range(len(self.mel_pos)))
+        idx = torch.tensor(streams, device=self.device)
+        dims = (1, 1, 0)
+        cur = self.caches
+        if not everyone:
+            cur = [c.index_select(d, idx) for c, d in zip(self.caches, dims, strict=True)]
+        hyps = None if first else [self.hyps[i] for i in streams]
+        with self._autocast():
+            result = self.model.conformer_stream_step(
+                processed_signal=mel,
+                processed_signal_length=torch.full((len(streams),), n, device=self.device),
+                cache_last_channel=cur[0],
+                cache_last_time=cur[1],
+                cache_last_channel_len=cur[2],
+                keep_all_outputs=keep_all,
+                previous_hypotheses=hyps,
+                drop_extra_pre_encoded=0 if first else self.runner.drop_later,
+                return_transcription=True,
+            )
+        new = [result[2], result[3], result[4]]
+        if everyone:
+            self.caches = new
+        else:
+            for c, d, v in zip(self.caches, dims, new, strict=True):
+                c.index_copy_(d, idx, v.to(c.dtype))
+        for row, i in enumerate(streams):
+            hyp = result[5][row]
+            if len(hyp.y_sequence) > 64:  # long streams: keep the decoder state, drop old tokens
+                hyp.y_sequence = hyp.y_sequence[-8:]
+                hyp.timestamp = []
+            self.hyps[i] = hyp
+            self.mel_pos[i] = spans[row][1]
+
+    def process(self, streams: list[int]) -> None:
+        self._call(streams)
+
+    def time_to_final_idle(self, repeats: int) -> float:
+        self.reset(1, 6)
+        out = []
+        with torch.inference_mode():
+            for _ in range(repeats):
+                self._call([0])
+                sync(self.device)
+                t0 = time.perf_counter()
+                self._call([0], keep_all=True)
+                sync(self.device)
+                out.append(time.perf_counter() - t0)
+        return statistics.median(out)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -425,14 +585,26 @@ def main() -> int:
         default=32,
         help="largest batch timed for 'shipped' (its step time is linear in B)",
     )
-    parser.add_argument("--streams", type=int, default=16, help="streams in the paced run")
+    parser.add_argument(
+        "--streams", type=int, default=16, help="streams in the paced run (0: no paced run)"
+    )
     parser.add_argument("--seconds", type=float, default=8.0, help="length of the paced run")
     parser.add_argument("--window-s", type=float, default=4.0, help="buffered baseline window")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--blank-bias", type=float, default=8.0)
     parser.add_argument("--cuda-graphs", action="store_true")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (CPU)")
-    parser.add_argument("--systems", default="engine,buffered,shipped")
+    parser.add_argument(
+        "--systems",
+        default="engine,engine-nemo,shipped-batched,buffered,shipped",
+        help=f"comma-separated, from {','.join(SYSTEMS)}",
+    )
+    parser.add_argument(
+        "--encoder",
+        choices=("fast", "nemo"),
+        default="fast",
+        help="encoder step of the 'engine' system ('engine-nemo' always runs NeMo's)",
+    )
     parser.add_argument("--out", default="bench_results/asr")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -441,6 +613,9 @@ def main() -> int:
 
     batches = sorted({int(b) for b in args.batches.split(",")})
     systems = args.systems.split(",")
+    unknown = [name for name in systems if name not in SYSTEMS]
+    if unknown:
+        parser.error(f"unknown system(s) {unknown}; allowed: {','.join(SYSTEMS)}")
     config = EngineConfig(
         model=args.model or f"random:{args.arch}",
         device=args.device,
@@ -449,6 +624,7 @@ def main() -> int:
         max_streams=max(max(batches), args.streams) + 8,
         max_batch=max(max(batches), args.streams),
         cuda_graphs=args.cuda_graphs,
+        encoder=args.encoder,
     )
     device = torch.device(config.resolved_device())
     chunk_s = args.chunk_ms / 1000
@@ -461,38 +637,59 @@ def main() -> int:
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model: %s, %.1fM parameters, on %s", config.model, n_params / 1e6, device)
 
-    engine_sys = EngineSystem(model, config)  # also configures the model for streaming
-    runner = engine_sys.runner
-    impls = {
-        "engine": engine_sys,
-        "buffered": BufferedSystem(runner, args.window_s),
-        "shipped": ShippedSystem(runner),
+    with torch.inference_mode(), _on_device(device):
+        # Features and the greedy decoder of the NeMo baselines (no encoder state of its own).
+        runner = ModelRunner(model, dataclasses.replace(config, encoder="nemo"), device)
+    factories = {
+        "engine": lambda: EngineSystem(model, config, "engine"),
+        "engine-nemo": lambda: EngineSystem(
+            model, dataclasses.replace(config, encoder="nemo"), "engine-nemo"
+        ),
+        "shipped": lambda: ShippedSystem(runner),
+        "shipped-batched": lambda: ShippedBatchedSystem(runner),
+        "buffered": lambda: BufferedSystem(runner, args.window_s),
     }
     results: dict[str, dict] = {}
     for name in systems:
-        impl = impls[name]
+        impl = factories[name]()
         logger.info("== %s: step time vs batch", name)
-        steps = {}
+        steps, flops = {}, {}
         for b in batches:
             if name == "shipped" and b > args.shipped_max_batch:
                 continue
-            steps[b] = impl.step_time(b, args.repeats)
-            logger.info("%s B=%d step %.1f ms", name, b, steps[b] * 1000)
+            steps[b], flops[b] = impl.step_time(b, args.repeats, flops=True)
+            logger.info(
+                "%s B=%d step %.1f ms, %.2f GFLOP/stream-step",
+                name,
+                b,
+                steps[b] * 1000,
+                flops[b] / b / 1e9,
+            )
             if steps[b] > chunk_s:
                 break  # no longer real time: larger batches only get slower
         cap = capacity(steps, chunk_s)
-        logger.info(
-            "== %s: %d streams paced in real time for %.0f s", name, args.streams, args.seconds
-        )
-        paced = impl.paced(args.streams, args.seconds, chunk_s)
-        if name == "engine":
-            paced["time_to_final_idle_ms"] = engine_sys.time_to_final_idle(3) * 1000
-        results[name] = {
+        memory = impl.memory_model()
+        result = {
             "step_ms": {str(b): t * 1000 for b, t in steps.items()},
+            "flops_per_step": {str(b): f for b, f in flops.items()},
+            "gflop_per_stream_step": {str(b): f / b / 1e9 for b, f in flops.items()},
+            # Analytic: the weights read once per step + every stream's state read and written.
+            "est_bytes_per_step": {
+                str(b): memory["weight_bytes"] + 2 * b * memory["state_bytes_per_stream"]
+                for b in steps
+            },
+            "memory": memory,
             "capacity": cap,
-            **paced,
         }
-    engine_sys.engine.shutdown()
+        if args.streams > 0:
+            logger.info(
+                "== %s: %d streams paced in real time for %.0f s", name, args.streams, args.seconds
+            )
+            result.update(impl.paced(args.streams, args.seconds, chunk_s))
+            if isinstance(impl, EngineSystem):
+                result["time_to_final_idle_ms"] = impl.time_to_final_idle(3) * 1000
+        results[name] = result
+        impl.close()
 
     report = {
         "args": vars(args),
@@ -511,6 +708,18 @@ def main() -> int:
         report["engine_vs_buffered_capacity"] = (
             results["engine"]["capacity"]["streams"] / results["buffered"]["capacity"]["streams"]
         )
+    for base in ("engine-nemo", "shipped-batched"):
+        if "engine" in results and base in results:
+            mine, theirs = results["engine"], results[base]
+            common = [b for b in mine["step_ms"] if b in theirs["step_ms"]]
+            report[f"engine_vs_{base}"] = {
+                "step_speedup": {b: theirs["step_ms"][b] / mine["step_ms"][b] for b in common},
+                "flop_ratio": {
+                    b: theirs["flops_per_step"][b] / mine["flops_per_step"][b]
+                    for b in common
+                    if mine["flops_per_step"][b]
+                },
+            }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_asr.json").write_text(json.dumps(report, indent=2))
@@ -534,25 +743,38 @@ def print_table(results: dict, batches: list[int], report: dict) -> None:
         f"{report['device_name']} ({report['device']}), load avg {report['load_avg_1m']:.1f} on "
         f"{report['cpu_count']} cores"
     )
-    head = "system    " + "".join(f"B={b:<8}" for b in batches)
+    head = f"{'system':<16}" + "".join(f"B={b:<8}" for b in batches)
     print("\nstep time (ms) to advance B streams by one chunk\n" + head)
     for name, r in results.items():
-        print(f"{name:<10}" + "".join(f"{fmt(r['step_ms'].get(str(b))):<10}" for b in batches))
+        print(f"{name:<16}" + "".join(f"{fmt(r['step_ms'].get(str(b))):<10}" for b in batches))
+    print("\nGFLOP per stream-step (torch flop counter, whole step)\n" + head)
+    for name, r in results.items():
+        per = r["gflop_per_stream_step"]
+        print(f"{name:<16}" + "".join(f"{fmt(per.get(str(b)), '.2f'):<10}" for b in batches))
     print(
-        "\nsystem    capacity(streams)  at B   chunk p50/p95/p99 (ms)      time-to-final p50 (ms)"
+        f"\n{'system':<16}capacity(streams)  at B   chunk p50/p95/p99 (ms)      "
+        "time-to-final p50 (ms)"
     )
     for name, r in results.items():
         cap = r["capacity"]
-        lat = r["chunk_latency_ms"]
         bound = "+" if cap["bounded_by_largest_batch"] else " "
         at = fmt(cap["batch"], "d") if cap["batch"] else "-"
-        print(
-            f"{name:<10}{fmt(cap['streams'], '.0f') + bound:<19}{at:<5}"
-            f"{fmt(lat['p50'])}/{fmt(lat['p95'])}/{fmt(lat['p99']):<18}"
-            f"{fmt(r['time_to_final_ms']['p50'])} ({r['time_to_final_ms']['note']})"
-        )
+        line = f"{name:<16}{fmt(cap['streams'], '.0f') + bound:<19}{at:<5}"
+        if "chunk_latency_ms" in r:
+            lat = r["chunk_latency_ms"]
+            line += (
+                f"{fmt(lat['p50'])}/{fmt(lat['p95'])}/{fmt(lat['p99']):<18}"
+                f"{fmt(r['time_to_final_ms']['p50'])} ({r['time_to_final_ms']['note']})"
+            )
+        print(line)
         if "time_to_final_idle_ms" in r:
-            print(f"{'':<58}{fmt(r['time_to_final_idle_ms'])} (one stream, idle)")
+            print(f"{'':<64}{fmt(r['time_to_final_idle_ms'])} (one stream, idle)")
+    for base in ("engine-nemo", "shipped-batched"):
+        vs = report.get(f"engine_vs_{base}")
+        if vs:
+            speed = ", ".join(f"B={b}: {x:.2f}x" for b, x in vs["step_speedup"].items())
+            flop = ", ".join(f"B={b}: {x:.2f}x" for b, x in vs["flop_ratio"].items())
+            print(f"\nengine vs {base}: step faster by {speed}\n  FLOPs fewer by {flop}")
     if "engine_vs_buffered_capacity" in report:
         print(
             f"\nengine capacity / buffered capacity = {report['engine_vs_buffered_capacity']:.1f}x"

@@ -19,10 +19,16 @@ def test_bench_asr_smoke(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", argv)
     assert bench.main() == 0
     report = json.loads((tmp_path / "bench_asr.json").read_text())
-    for name in ("engine", "buffered", "shipped"):
+    for name in ("engine", "engine-nemo", "shipped-batched", "buffered", "shipped"):
         result = report["results"][name]
         assert result["step_ms"]["1"] > 0
         assert result["chunk_latency_ms"]["p50"] is not None
         assert result["time_to_final_ms"]["p50"] > 0
+        assert result["flops_per_step"]["4"] > result["flops_per_step"]["1"] > 0
+        assert result["est_bytes_per_step"]["4"] > result["memory"]["weight_bytes"] > 0
+    assert report["results"]["engine"]["memory"]["encoder"] == "fast"
+    assert report["results"]["engine-nemo"]["memory"]["encoder"] == "nemo"
+    # The K/V-cached step does fewer FLOPs than NeMo's on the same model.
+    assert report["engine_vs_engine-nemo"]["flop_ratio"]["4"] > 1
     assert (tmp_path / "bench_asr.png").exists()
     assert "capacity" in capsys.readouterr().out
