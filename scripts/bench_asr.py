@@ -25,7 +25,7 @@ system decodes with the same model, so the comparison stays fair.
 Examples:
   python scripts/bench_asr.py --arch tiny --device cpu --threads 1 --out bench_results/asr_cpu
   python scripts/bench_asr.py --arch nemotron-0.6b --device cpu --threads 2 --batches 1,4,8 \\
-      --systems engine,engine-nemo --streams 0 --out bench_results/asr_cpu_encoders
+      --all-batches --systems engine,engine-nemo --streams 0 --out bench_results/asr_cpu_encoders
   python scripts/bench_asr.py --arch nemotron-0.6b --device cuda --dtype bf16 --cuda-graphs \\
       --batches 1,8,64,256,1024 --streams 256 --out bench_results/asr_h100
 """
@@ -580,6 +580,11 @@ def main() -> int:
         help="batch sizes to time; a system stops at the first whose step exceeds a chunk",
     )
     parser.add_argument(
+        "--all-batches",
+        action="store_true",
+        help="time every batch size, also past the first whose step exceeds a chunk",
+    )
+    parser.add_argument(
         "--shipped-max-batch",
         type=int,
         default=32,
@@ -665,7 +670,7 @@ def main() -> int:
                 steps[b] * 1000,
                 flops[b] / b / 1e9,
             )
-            if steps[b] > chunk_s:
+            if steps[b] > chunk_s and not args.all_batches:
                 break  # no longer real time: larger batches only get slower
         cap = capacity(steps, chunk_s)
         memory = impl.memory_model()
