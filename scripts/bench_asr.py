@@ -232,7 +232,9 @@ class _Baseline:
         self.dtype = runner.config.dtype
 
     def _autocast(self):
-        if self.dtype != "bf16":
+        # NeMo's steps decode under the same autocast, and the bf16 LSTM has no oneDNN kernel:
+        # on a CPU (dry runs) the baselines stay fp32.
+        if self.dtype != "bf16" or self.device.type != "cuda":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
 

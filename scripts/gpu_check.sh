@@ -15,12 +15,17 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
-bench() {  # name, then bench_asr.py arguments
+bench() {  # name, then bench_asr.py arguments; a part that fails or overruns does not stop the rest
   local name=$1; shift
   echo "=== $name"
-  python3 scripts/bench_asr.py --arch nemotron-0.6b --device cuda --out "$out/$name" "$@" \
-    2>&1 | tee "$out/$name.log" | grep -vE "^\s*$" | tail -40
+  timeout "${PART_TIMEOUT_S:-240}" python3 scripts/bench_asr.py --arch "${ARCH:-nemotron-0.6b}" \
+    --device "${DEVICE:-cuda}" --out "$out/$name" "$@" 2>&1 | tee "$out/$name.log" \
+    | grep -vE "^\s*$" | tail -40 || echo "=== $name FAILED (see $out/$name.log)"
 }
+# Our K/V-cached encoder (engine) against the same engine on NeMo's step (engine-nemo) and NeMo's
+# step batched as its own pipeline runs it (shipped-batched): step time and FLOPs vs batch.
+bench c160-bf16-encoders --dtype bf16 --chunk-ms 160 --all-batches --streams 0 --repeats 3 \
+  --systems engine,engine-nemo,shipped-batched --batches "${ENCODER_BATCHES:-1,8,64,256,1024,2048}"
 bench c160-bf16-graphs --dtype bf16 --chunk-ms 160 --cuda-graphs \
   --batches 1,8,64,256,1024,2048,4096 --streams 4000 --seconds 20
 bench c160-bf16-eager --dtype bf16 --chunk-ms 160 --systems engine --batches 1,64,256,1024
