@@ -94,7 +94,8 @@ def make_engine(tiny_nemo):
 
     def make(**kwargs) -> ASREngine:
         kwargs.setdefault("device", "cpu")
-        engine = ASREngine(EngineConfig(model=tiny_nemo, **kwargs))
+        kwargs.setdefault("model", tiny_nemo)
+        engine = ASREngine(EngineConfig(**kwargs))
         engines.append(engine)
         return engine
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from services.asr.engine import TranscriptEvent
 
-from .conftest import SR, babble, live_steps_for, wait_until
+from .conftest import SR, Offline, babble, live_steps_for, wait_until
 
 CHUNK_FOR_R = {0: 80, 1: 160, 6: 560, 13: 1120}
 ATOL = 1e-4  # DESIGN.md measured ~1.5e-6; batching and CPU kernels may add a little
@@ -280,3 +281,91 @@ def test_closing_a_stream_fails_its_deferred_final(make_engine):
         stream.close()
     with pytest.raises(Exception, match="closed"):
         future.result(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def other_arch_nemo(tmp_path_factory) -> str:
+    """A tiny model of another shape (3 layers, d_model 48, 4 heads, kernel 5, batch norm).
+
+    Positional biases and batch-norm statistics are drawn at random (NeMo initialises them to
+    no-ops) and the joint is made to emit, as for the main tiny model.
+    """
+    from nemo.collections.asr.models import EncDecRNNTModel
+    from omegaconf import OmegaConf
+
+    from services.asr.engine.arch import model_config
+
+    cfg = model_config("tiny")
+    cfg["encoder"].update(
+        n_layers=3,
+        d_model=48,
+        n_heads=4,
+        conv_kernel_size=5,
+        conv_norm_type="batch_norm",
+        ff_expansion_factor=3,
+        subsampling_conv_channels=8,
+    )
+    cfg["model_defaults"]["enc_hidden"] = 48
+    cfg["joint"]["jointnet"]["encoder_hidden"] = 48
+    torch.manual_seed(7)
+    model = EncDecRNNTModel(cfg=OmegaConf.create(cfg)).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.encoder.named_parameters():
+            if "pos_bias" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+        for mod in model.encoder.modules():
+            if isinstance(mod, torch.nn.BatchNorm1d):
+                mod.running_mean.normal_(0, 0.2, generator=gen)
+                mod.running_var.uniform_(0.5, 1.5, generator=gen)
+        out = model.joint.joint_net[-1]
+        torch.nn.init.normal_(out.weight, std=1.0, generator=gen)
+        out.bias.zero_()
+        out.bias[model.decoder.blank_idx] = 3.0
+        model.joint.enc.weight.mul_(3.0)
+        model.joint.pred.weight.mul_(3.0)
+    path = tmp_path_factory.mktemp("other") / "other_arch.nemo"
+    model.save_to(str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("right_context", [0, 1, 6, 13])
+def test_another_architecture_irregular_pushes_and_staggered_joins(
+    make_engine, other_arch_nemo, right_context
+):
+    """Finals equal offline for a shape the other tests do not use, pushes of 1 sample to 0.7 s."""
+    from nemo.collections.asr.models import ASRModel
+
+    reference = Offline(ASRModel.restore_from(other_arch_nemo, map_location="cpu").eval())
+    engine = make_engine(model=other_arch_nemo, chunk_ms=CHUNK_FOR_R[right_context])
+    rng = np.random.default_rng(right_context)
+    audios = [babble(float(rng.uniform(0.3, 2.5)), seed=200 + i) for i in range(4)]
+    texts: list[str | None] = [None] * len(audios)
+    errors: list[BaseException] = []
+
+    def speak(i: int) -> None:
+        try:
+            time.sleep(0.03 * i)  # staggered joins
+            stream = engine.open_stream()
+            sizes = np.random.default_rng(i).choice([1, 2, 7, 160, 333, 4000, 11200], 10_000)
+            pos = 0
+            for n in sizes:
+                if pos >= len(audios[i]):
+                    break
+                stream.push_audio(audios[i][pos : pos + n])
+                pos += n
+            texts[i] = stream.finalize_sync(timeout=60).text
+            stream.close()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=speak, args=(i,)) for i in range(len(audios))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    for audio, text in zip(audios, texts, strict=True):
+        padded = np.zeros(engine.padded_length(len(audio)), np.float32)
+        padded[: len(audio)] = audio
+        assert text == reference.transcript(padded, right_context)
