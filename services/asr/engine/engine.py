@@ -39,6 +39,7 @@ from .runner import FIRST, ModelRunner
 from .scheduler import Scheduler, TickPlan
 from .slots import SlotPool
 from .state import RESET, FinalRequest, StreamState, TextState
+from .words import WordTimer
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +192,7 @@ class ASREngine:
             pre_cache=self._runner.pre_cache if self._runner.has_second else 0,
         )
         self._detok = model.decoding.decode_tokens_to_str_with_strip_punctuation
+        self._words = WordTimer(model)
         self._first_need = self._runner.features.samples_needed(self._runner.chunk_first)
         self._hop = self._runner.features.hop
         self._max_backlog_samples = int(self.config.max_backlog_s * SAMPLE_RATE)
@@ -454,7 +456,7 @@ class ASREngine:
             return 0
         started = time.perf_counter()
         try:
-            live_tokens, final_tokens = self._execute(plan)
+            live_tokens, final_tokens = self._execute(plan)  # (ids, frames) per row
         except Exception as exc:
             # Fail what was asked for in this tick; the other streams keep being served.
             for work in plan.finals:
@@ -480,7 +482,12 @@ class ASREngine:
     def _slots(self, slots: list[int]) -> torch.Tensor:
         return torch.tensor(slots, dtype=torch.long, device=self.device)
 
-    def _execute(self, plan: TickPlan) -> tuple[list[list[int]], list[list[int]]]:
+    def _execute(self, plan: TickPlan) -> tuple[list[tuple], list[tuple]]:
+        """Run a tick's encoder calls and its one decode.
+
+        Returns ``(ids, frames)`` per live row and per final, frames counted from the first
+        encoder frame of that row's work in this tick.
+        """
         runner, pool, features = self._runner, self._pool, self._runner.features
         calls = 0
         # Rows of the single decode: live first steps, live later steps, then finals.
@@ -561,7 +568,8 @@ class ASREngine:
         lengths = torch.cat(len_parts)
         dims = runner.decoder_layout.batch_dims
         state = [torch.cat([p[k] for p in state_parts], dim=d) for k, d in enumerate(dims)]
-        tokens, new_state = runner.decode(encoded, lengths, state)
+        ids, frames, new_state = runner.decode(encoded, lengths, state)
+        tokens = list(zip(ids, frames, strict=True))
         if n_live:
             pool.scatter_decoder(
                 all_live, [t.narrow(d, 0, n_live) for t, d in zip(new_state, dims, strict=True)]
@@ -569,7 +577,7 @@ class ASREngine:
         with self._lock:
             self._encoder_calls += calls
 
-        final_tokens: list[list[int]] = [[] for _ in plan.finals]
+        final_tokens: list[tuple] = [([], []) for _ in plan.finals]
         for row, i in enumerate(final_order):
             final_tokens[i] = tokens[n_live + row]
         return tokens[:n_live], final_tokens
@@ -581,11 +589,15 @@ class ASREngine:
         finals = []
         events = []
         chunk_ms: list[float] = []
-        for work, ids in zip(plan.finals, final_tokens, strict=True):
+        out_per_step = self._runner.out_per_step
+        for work, (ids, frames) in zip(plan.finals, final_tokens, strict=True):
             request = work.request
             if work.stream.closed:
                 _fail(request.future, StreamClosedError(f"stream {work.stream.id} is closed"))
                 continue
+            base = self._scheduler.encoder_frames_before(work.start, out_per_step)
+            times = work.tokens
+            times.extend(ids, [base + f for f in frames])
             event = TranscriptEvent(
                 stream_id=work.stream.id,
                 text=work.text.preview(ids),
@@ -594,9 +606,10 @@ class ASREngine:
                 audio_end_s=request.n_samples / SAMPLE_RATE,
                 latency_s=now - request.requested_at,
                 utterance=request.utterance,
+                words=self._words.words(times.ids, times.frames),
             )
             finals.append((request.future, event))
-        for step, ids in zip(plan.live, live_tokens, strict=True):
+        for step, (ids, frames) in zip(plan.live, live_tokens, strict=True):
             state = step.stream
             if state.closed:
                 continue  # its slot may already belong to another stream
@@ -609,6 +622,9 @@ class ASREngine:
             state.mel_pos = new_pos
             state.last_served = plan.tick
             changed = state.text.extend(ids)
+            if ids:
+                base = self._scheduler.encoder_frames_before(step.start, out_per_step)
+                state.tokens.extend(ids, [base + f for f in frames])
             with state.lock:
                 current = state.generation == step.generation
                 if current:

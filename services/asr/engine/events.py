@@ -26,6 +26,21 @@ class StreamClosedError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class WordTiming:
+    """One word of a transcript and when it was said.
+
+    Attributes:
+        word: the word as the model's decoding groups tokens into words.
+        start_s: its first token's encoder frame, seconds on the stream clock (0 = open/reset).
+        end_s: the end of its last token's frame, same clock.
+    """
+
+    word: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
 class TranscriptEvent:
     """A transcript of the current utterance of one stream.
 
@@ -38,6 +53,8 @@ class TranscriptEvent:
         latency_s: finals: finalize request -> result; partials: the chunk's audio complete ->
             event; None when unknown.
         utterance: index of the utterance (0 at open, +1 per ``reset``).
+        words: finals: every word of the utterance with its times (from the RNNT token
+            frames); None on partials.
     """
 
     stream_id: str
@@ -47,6 +64,7 @@ class TranscriptEvent:
     audio_end_s: float
     latency_s: float | None
     utterance: int
+    words: tuple[WordTiming, ...] | None = None
 
 
 def _checked(pcm: bytes | bytearray | memoryview | np.ndarray) -> memoryview | np.ndarray:

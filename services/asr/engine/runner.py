@@ -238,7 +238,7 @@ class ModelRunner:
 
     def decode(
         self, encoded: torch.Tensor, lengths: torch.Tensor, state: list[torch.Tensor]
-    ) -> tuple[list[list[int]], list[torch.Tensor]]:
+    ) -> tuple[list[list[int]], list[list[int]], list[torch.Tensor]]:
         """One batched greedy decode continuing each row from ``state``.
 
         Args:
@@ -247,7 +247,8 @@ class ModelRunner:
             state: decoder state tensors (layout ``decoder_layout``).
 
         Returns:
-            New token ids per row, and the new decoder state.
+            New token ids per row, the frame (index into the row's ``T``) of each, and the new
+            decoder state.
         """
         # The decoder and joint are small: they run in fp32 even in bf16 mode (the bf16 LSTM has
         # no oneDNN kernel on CPU, and fp32 keeps greedy argmax ties out of the picture).
@@ -259,9 +260,11 @@ class ModelRunner:
         counts = hyps.current_lengths.tolist()
         width = max(counts, default=0)
         rows = hyps.transcript[:, :width].tolist() if width else [[] for _ in counts]
+        times = hyps.timestamps[:, :width].tolist() if width else [[] for _ in counts]
         tokens = [row[:n] for row, n in zip(rows, counts, strict=True)]
+        frames = [row[:n] for row, n in zip(times, counts, strict=True)]
         pred = list(new.predictor_states)
-        return tokens, [*pred, new.predictor_outputs, new.labels]
+        return tokens, frames, [*pred, new.predictor_outputs, new.labels]
 
     # ---- warm-up ----
 

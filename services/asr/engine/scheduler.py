@@ -22,7 +22,7 @@ import numpy as np
 
 from .features import IncrementalMel
 from .runner import FIRST, LATER, SECOND
-from .state import RESET, FinalRequest, StreamState, TextState
+from .state import RESET, FinalRequest, StreamState, TextState, TokenTimes
 
 
 @dataclasses.dataclass
@@ -51,6 +51,7 @@ class FinalWork:
     window: np.ndarray
     slot: int | None  # live slot to copy state from; None when the utterance has no step yet
     text: TextState  # snapshot of the live text when the final was planned
+    tokens: TokenTimes  # snapshot of the live tokens and their frames (word timings)
 
 
 @dataclasses.dataclass
@@ -110,6 +111,12 @@ class Scheduler:
         """Kind and frame count of the stream's next live step."""
         kind = self.kind_at(stream.mel_pos)
         return kind, self.chunk_first if kind == FIRST else self.chunk
+
+    def encoder_frames_before(self, mel_pos: int, out_per_step: int) -> int:
+        """Encoder frames the utterance has produced once its steps reached ``mel_pos``."""
+        if mel_pos == 0:
+            return 0
+        return out_per_step * (1 + (mel_pos - self.chunk_first) // self.chunk)
 
     def samples_for_next_step(self, stream: StreamState) -> int:
         """Samples the stream needs before its next live step can run."""
@@ -247,4 +254,5 @@ class Scheduler:
             window=stream.audio.read(lo, hi, limit=request.n_samples),
             slot=stream.slot if start > 0 else None,  # mel_pos > 0 implies a slot
             text=stream.text.snapshot(),
+            tokens=stream.tokens.snapshot(),
         )

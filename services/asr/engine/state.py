@@ -182,6 +182,34 @@ class TextState:
         return text if len(text) <= self._max_chars else text[-self._max_chars :]
 
 
+class TokenTimes:
+    """Token ids of the current utterance and the absolute encoder frame each was emitted at.
+
+    Kept for word timings of finals. Bounded: a stream that is never reset keeps its newest
+    ``max_tokens`` tokens (its words before them get no times).
+    """
+
+    def __init__(self, max_tokens: int = 4096) -> None:
+        self.max_tokens = max_tokens
+        self.ids: list[int] = []
+        self.frames: list[int] = []
+
+    def extend(self, ids: list[int], frames: list[int]) -> None:
+        self.ids.extend(ids)
+        self.frames.extend(frames)
+        if len(self.ids) > self.max_tokens:
+            del self.ids[: -self.max_tokens], self.frames[: -self.max_tokens]
+
+    def snapshot(self) -> TokenTimes:
+        copy = TokenTimes(self.max_tokens)
+        copy.ids, copy.frames = list(self.ids), list(self.frames)
+        return copy
+
+    def clear(self) -> None:
+        self.ids.clear()
+        self.frames.clear()
+
+
 @dataclasses.dataclass
 class FinalRequest:
     """A ``finalize`` call: the utterance audio up to ``n_samples`` is finished off."""
@@ -222,6 +250,7 @@ class StreamState:
         # ---- scheduler side ----
         self.audio = AudioBuffer()
         self.text = text
+        self.tokens = TokenTimes()
         self.sched_utterance = 0
         self.mel_pos = 0  # mel frames consumed by the encoder (0: the first step is next)
         self.last_served = -1  # tick of the last step, for round-robin fairness
@@ -238,6 +267,7 @@ class StreamState:
         """Forget the utterance: audio, features position, text; the next step is a first step."""
         self.audio.clear()
         self.text.clear()
+        self.tokens.clear()
         self.arrivals.clear()
         self.mel_pos = 0
         self.sched_utterance += 1
