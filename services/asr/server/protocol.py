@@ -23,6 +23,7 @@ ENCODING = "pcm_s16le"
 CHANNELS = 1
 BYTES_PER_SECOND = SAMPLE_RATE * 2
 STREAM_PATHS = ("/", "/v1/stream")
+REALTIME_PATH = "/v1/realtime"  # OpenAI Realtime transcription (services/asr/server/realtime.py)
 TOKEN_ENV = "VOICE_AGENT_ASR_TOKEN"
 
 # Close codes (RFC 6455 and the registered 1013).
@@ -132,6 +133,20 @@ def check_start(message: dict[str, Any]) -> StartOptions:
 def error_event(code: str, message: str, *, fatal: bool = False, **extra: Any) -> dict[str, Any]:
     """An ``error`` event; ``fatal`` means the server closes the connection right after."""
     return {"type": "error", "code": code, "message": message, "fatal": fatal, **extra}
+
+
+def word_times(words: Any, offset_s: float = 0.0) -> list[dict[str, Any]] | None:
+    """A final's word timings for the wire, moved onto the connection clock (None: none)."""
+    if words is None:
+        return None
+    return [
+        {
+            "word": w.word,
+            "start_s": round(offset_s + w.start_s, 4),
+            "end_s": round(offset_s + w.end_s, 4),
+        }
+        for w in words
+    ]
 
 
 def dumps(event: dict[str, Any]) -> str:

@@ -212,7 +212,8 @@ class ASRServer:
             reuse_port=cfg.reuse_port or None,
         )
         logger.info(
-            "ASR server listening on ws://%s:%d/v1/stream (max %d streams, auth %s)",
+            "ASR server listening on ws://%s:%d/v1/stream and /v1/realtime (max %d streams, "
+            "auth %s)",
             cfg.host,
             self.port,
             cfg.max_streams,
@@ -268,7 +269,7 @@ class ASRServer:
             return _respond(
                 connection, HTTPStatus.OK, self.metrics_text(), "text/plain; version=0.0.4"
             )
-        if path not in P.STREAM_PATHS:
+        if path not in P.STREAM_PATHS and path != P.REALTIME_PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, f"no such path {path!r}\n")
         if not self._authorized(request):
             self.counters.rejected["unauthorized"] += 1
@@ -323,8 +324,12 @@ class ASRServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         self.counters.connections_total += 1
+        path = urlsplit(ws.request.path).path.rstrip("/") if ws.request else ""
+        realtime = path == P.REALTIME_PATH
         if self._stopping:
-            await _refuse(ws, P.E_SHUTTING_DOWN, "server is shutting down", P.CLOSE_GOING_AWAY)
+            await _refuse(
+                ws, P.E_SHUTTING_DOWN, "server is shutting down", P.CLOSE_GOING_AWAY, realtime
+            )
             return
         if self.live_streams >= self.config.max_streams:
             self.counters.rejected["server_full"] += 1
@@ -333,6 +338,7 @@ class ASRServer:
                 P.E_SERVER_FULL,
                 f"all {self.config.max_streams} stream slots are in use; try again later",
                 P.CLOSE_TRY_AGAIN_LATER,
+                realtime,
             )
             return
         if self.overloaded:
@@ -342,6 +348,7 @@ class ASRServer:
                 P.E_OVERLOADED,
                 "the ASR engine is behind real time; try again later",
                 P.CLOSE_TRY_AGAIN_LATER,
+                realtime,
             )
             return
         conn_id = next(self._ids)
@@ -355,9 +362,15 @@ class ASRServer:
                 P.E_SERVER_FULL if full else P.E_ENGINE,
                 f"engine refused a stream: {exc}",
                 P.CLOSE_TRY_AGAIN_LATER if full else P.CLOSE_INTERNAL,
+                realtime,
             )
             return
-        conn = _Connection(self, ws, stream, conn_id)
+        if realtime:
+            from .realtime import RealtimeConnection  # imports this module: import it late
+
+            conn: _Connection = RealtimeConnection(self, ws, stream, conn_id)
+        else:
+            conn = _Connection(self, ws, stream, conn_id)
         self._connections[conn_id] = conn
         try:
             await conn.run()
@@ -397,6 +410,24 @@ class _Connection:
 
     # -- helpers --
 
+    def error_event(self, code: str, message: str, *, fatal: bool = False, **extra: Any) -> dict:
+        """An error event in this connection's protocol (overridden by other protocols)."""
+        return P.error_event(code, message, fatal=fatal, **extra)
+
+    def greeting(self) -> dict[str, Any]:
+        """The first event sent on the connection."""
+        return {
+            "type": "ready",
+            "protocol": P.PROTOCOL_VERSION,
+            "stream_id": str(getattr(self.stream, "id", self.id)),
+            "sample_rate": P.SAMPLE_RATE,
+            "encoding": P.ENCODING,
+            "channels": P.CHANNELS,
+            "max_message_bytes": self.cfg.max_message_bytes,
+            "idle_timeout_s": self.cfg.idle_timeout,
+            "front_end": self.cfg.front_end,
+        }
+
     @property
     def received_s(self) -> float:
         return self.received_samples / P.SAMPLE_RATE
@@ -421,21 +452,25 @@ class _Connection:
         self.server.counters.errors[code] += 1
         if self.errors > self.cfg.max_errors:
             self.send(
-                P.error_event(
+                self.error_event(
                     P.E_TOO_MANY_ERRORS, f"more than {self.cfg.max_errors} errors", fatal=True
                 )
             )
             self._close_soon(P.CLOSE_POLICY, "too many errors")
             return
         if self.error_bucket.take(1):
-            self.send(P.error_event(code, message))
+            self.send(self.error_event(code, message))
+
+    def offset_of(self, ev: Any) -> float:
+        """Connection-clock time (seconds) at which ``ev``'s utterance began."""
+        utterance = int(getattr(ev, "utterance", self.utterance))
+        return self.utterance_offset.get(utterance, self.utterance_offset[self.utterance])
 
     def _to_event(self, kind: str, ev: Any, **extra: Any) -> dict[str, Any]:
-        utterance = int(getattr(ev, "utterance", self.utterance))
-        offset = self.utterance_offset.get(utterance, self.utterance_offset[self.utterance])
-        return {
+        offset = self.offset_of(ev)
+        event = {
             "type": kind,
-            "utterance": utterance,
+            "utterance": int(getattr(ev, "utterance", self.utterance)),
             "text": ev.text,
             "audio_start_s": round(offset + float(ev.audio_start_s), 4),
             "audio_end_s": round(offset + float(ev.audio_end_s), 4),
@@ -444,6 +479,10 @@ class _Connection:
             "server_time": time.time(),
             **extra,
         }
+        words = P.word_times(getattr(ev, "words", None), offset)
+        if words is not None:
+            event["words"] = words
+        return event
 
     # -- tasks --
 
@@ -461,19 +500,7 @@ class _Connection:
     async def run(self) -> None:
         for coro in (self._sender(), self._forward_partials(), self._watchdog()):
             self._spawn(coro)
-        self.send(
-            {
-                "type": "ready",
-                "protocol": P.PROTOCOL_VERSION,
-                "stream_id": str(getattr(self.stream, "id", self.id)),
-                "sample_rate": P.SAMPLE_RATE,
-                "encoding": P.ENCODING,
-                "channels": P.CHANNELS,
-                "max_message_bytes": self.cfg.max_message_bytes,
-                "idle_timeout_s": self.cfg.idle_timeout,
-                "front_end": self.cfg.front_end,
-            }
-        )
+        self.send(self.greeting())
         try:
             async for message in self.ws:
                 self.last_activity = time.monotonic()
@@ -518,7 +545,7 @@ class _Connection:
             # the others keep up, and tell the client to come back later.
             self.server.note_overload()
             self.server.counters.errors[P.E_OVERLOADED] += 1
-            self.send(P.error_event(P.E_OVERLOADED, str(exc), fatal=True))
+            self.send(self.error_event(P.E_OVERLOADED, str(exc), fatal=True))
             self._close_soon(P.CLOSE_TRY_AGAIN_LATER, "overloaded")
             return
         self.received_samples += len(data) // 2
@@ -533,7 +560,7 @@ class _Connection:
         except P.ProtocolError as exc:
             if exc.code == P.E_UNSUPPORTED_FORMAT:
                 self.server.counters.errors[exc.code] += 1
-                self.send(P.error_event(exc.code, exc.message, fatal=True))
+                self.send(self.error_event(exc.code, exc.message, fatal=True))
                 self._close_soon(P.CLOSE_UNSUPPORTED, exc.code)
             else:
                 self.error(exc.code, exc.message)
@@ -582,7 +609,7 @@ class _Connection:
             timed_out = isinstance(exc, asyncio.TimeoutError)
             reason = "timed out" if timed_out else str(exc)
             self.error(P.E_ENGINE, f"finalize failed: {reason}")
-            self.send({**P.error_event(P.E_ENGINE, f"finalize failed: {reason}"), "id": ident})
+            self.send({**self.error_event(P.E_ENGINE, f"finalize failed: {reason}"), "id": ident})
             if timed_out:
                 self._on_final_timeout()
             return
@@ -601,7 +628,7 @@ class _Connection:
         if self.final_timeouts >= self.cfg.shed_after_timeouts:
             self.server.counters.errors[P.E_OVERLOADED] += 1
             self.send(
-                P.error_event(
+                self.error_event(
                     P.E_OVERLOADED,
                     "the ASR engine is behind real time; closing this stream, reconnect later",
                     fatal=True,
@@ -620,7 +647,7 @@ class _Connection:
             if self.stream_closed:
                 return
             logger.exception("connection %d: engine stream failed", self.id)
-            self.send(P.error_event(P.E_ENGINE, f"engine stream failed: {exc}", fatal=True))
+            self.send(self.error_event(P.E_ENGINE, f"engine stream failed: {exc}", fatal=True))
             await self._close_after_flush(P.CLOSE_INTERNAL, "engine error")
 
     async def _sender(self) -> None:
@@ -640,7 +667,7 @@ class _Connection:
             if idle >= timeout:
                 self.server.counters.errors[P.E_IDLE_TIMEOUT] += 1
                 self.send(
-                    P.error_event(
+                    self.error_event(
                         P.E_IDLE_TIMEOUT, f"nothing received for {timeout:g} s", fatal=True
                     )
                 )
@@ -659,7 +686,7 @@ class _Connection:
             await self.ws.close(code, reason)
 
     async def shutdown(self) -> None:
-        self.send(P.error_event(P.E_SHUTTING_DOWN, "server is shutting down", fatal=True))
+        self.send(self.error_event(P.E_SHUTTING_DOWN, "server is shutting down", fatal=True))
         await self._close_after_flush(P.CLOSE_GOING_AWAY, "server shutting down")
 
 
@@ -679,9 +706,16 @@ def _unauthorized(connection: ServerConnection) -> Response:
     return response
 
 
-async def _refuse(ws: ServerConnection, code: str, message: str, close_code: int) -> None:
+async def _refuse(
+    ws: ServerConnection, code: str, message: str, close_code: int, realtime: bool = False
+) -> None:
+    event = P.error_event(code, message, fatal=True)
+    if realtime:  # OpenAI's shape for Realtime clients
+        kind = "invalid_request_error" if close_code == P.CLOSE_TRY_AGAIN_LATER else "server_error"
+        error = {"type": kind, "code": code, "message": message, "param": None, "event_id": None}
+        event = {"type": "error", "event_id": f"event_refused_{code}", "error": error}
     with contextlib.suppress(ConnectionClosed):
-        await ws.send(P.dumps(P.error_event(code, message, fatal=True)))
+        await ws.send(P.dumps(event))
         await ws.close(close_code, code)
 
 
