@@ -382,3 +382,35 @@ def test_a_stream_behind_real_time_is_refused_not_queued_without_bound(make_engi
     final = stream.finalize_sync(timeout=30)
     assert final.is_final and final.audio_end_s > 0.4
     stream.close()
+
+
+def test_a_slot_freed_while_a_tick_is_planned_is_not_reused_in_that_tick(make_engine, offline):
+    """Stream A closes after its step was planned and before B takes a slot, in one tick.
+
+    Handing A's slot to B at once would put two rows on one slot in that call (their caches
+    written to the same row, B's state then A's or a mix). Slots are released between ticks.
+    """
+    engine = make_engine(chunk_ms=160)
+    pool = engine._pool
+    original = pool.acquire
+    slots: list[int] = []
+    audio_a, audio_b = babble(1.6, 61), babble(1.6, 62)
+
+    def acquire() -> int:  # runs inside plan(): A's step is planned before B asks for a slot
+        if len(slots) == 1:
+            a.close()
+        slots.append(original())
+        return slots[-1]
+
+    with engine._tick_lock, torch.inference_mode():
+        a, b = engine.open_stream(), engine.open_stream()
+        a.push_audio(audio_a)
+        b.push_audio(audio_b)
+        pool.acquire = acquire
+        try:
+            engine._tick_once()
+        finally:
+            pool.acquire = original
+    assert len(slots) == 2 and slots[0] != slots[1]
+    final = b.finalize_sync(timeout=30)
+    assert final.text == offline.transcript(padded(engine, audio_b), 1)

@@ -203,6 +203,7 @@ class ASREngine:
         self._urgent = threading.Event()  # a final is queued: skip the batch window
         self._tick_lock = threading.Lock()  # held by the scheduler thread during a tick
         self._streams: dict[str, ASRStream] = {}
+        self._released: collections.deque[int] = collections.deque()  # slots closed streams freed
         self._ids = itertools.count()
         self._tick = 0
         self._encoder_calls = 0
@@ -296,7 +297,8 @@ class ASREngine:
 
         return {
             "live_streams": live,
-            "slots_in_use": self._pool.in_use,
+            # Slots of closed streams wait for the next tick to be freed: they are not in use.
+            "slots_in_use": self._pool.in_use - len(self._released),
             "slot_capacity": self._pool.capacity,
             "slot_pool_bytes": self._pool.nbytes(),
             "pending_finals": pending,
@@ -390,9 +392,11 @@ class ASREngine:
             state.inbox, state.deferred = [], []
             subscribers, handle._subscribers = handle._subscribers, []
         if slot is not None:
-            # A tick in flight may still write this row; the next owner's first step never
-            # reads it, so the slot can be reused at once.
-            self._pool.release(slot)
+            # Freed by the scheduler thread between ticks: a tick being planned or run may
+            # still hold this row, and handing it to a new stream in the same tick would give
+            # one call two rows writing the same slot.
+            self._released.append(slot)
+            self._wake.set()
         with self._lock:
             self._streams.pop(state.id, None)
         for request in pending:
@@ -449,6 +453,8 @@ class ASREngine:
         (which keeps the scheduler thread out), inside ``torch.inference_mode()``.
         """
         self._wake.clear()
+        while self._released:
+            self._pool.release(self._released.popleft())
         with self._lock:
             states = [h._state for h in self._streams.values()]
         plan = self._scheduler.plan(states, self._tick, self._pool.acquire)
