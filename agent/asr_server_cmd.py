@@ -9,16 +9,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import functools
 import ipaddress
 import os
 import signal
 import time
 
-from agent.cli import EXTRA_COMMANDS, _add_config_options, resolve
+from agent.cli import EXTRA_COMMANDS, _add_config_options, exit_on_stop_signals, resolve
+from agent.config import ConfigError
 from agent.logs import setup_logging
+from pipelines.checks import (
+    StartupError,
+    check_device,
+    check_model_source,
+    check_port_free,
+    require,
+)
 
 TOKEN_ENV = "VOICE_AGENT_ASR_TOKEN"
+_PORT_FIX = "stop what listens there (another asr-server?), or pick another port: --port N"
+_MODEL_FIX = (
+    "set --model (or stt.model) to an existing .nemo file or a reachable Hugging Face id, and "
+    "--device to one this machine has; voice-agent doctor checks both"
+)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -127,7 +141,13 @@ def _resolves_to_cpu(device: str) -> bool:
 
 
 def handler(args: argparse.Namespace) -> int:
-    """Load the engine, serve until SIGINT/SIGTERM, then close every stream cleanly."""
+    """Load the engine, serve until SIGINT/SIGTERM, then close every stream cleanly.
+
+    Raises:
+        ConfigError: A bad option.
+        StartupError: A predictable failure (no CUDA, no model, port taken), found before the
+            model loads where possible.
+    """
     from loguru import logger
 
     from services.asr.engine import EngineConfig
@@ -137,15 +157,15 @@ def handler(args: argparse.Namespace) -> int:
     resolved = resolve(args)
     settings = resolved.settings
     setup_logging(settings.log_level)
+    # From here SIGTERM and SIGINT end the process through its clean-up, loading or not.
+    exit_on_stop_signals()
     stt = settings.stt
     secret = stt.server_token.get_secret_value() if stt.server_token else None
     token = args.token or os.environ.get(TOKEN_ENV) or secret or None
     if args.max_streams < 1:
-        logger.error("--max-streams must be >= 1")
-        return 2
+        raise ConfigError(f"--max-streams {args.max_streams}: must be >= 1")
     if args.workers < 1 or (args.workers > 1 and args.in_process):
-        logger.error("--workers must be >= 1, and needs the engine in its own process")
-        return 2
+        raise ConfigError("--workers must be >= 1, and needs the engine in its own process")
     if not _is_loopback(args.asr_host) and not token:
         logger.warning(
             f"Serving on {args.asr_host} without a token: anyone who can reach this port can use "
@@ -173,6 +193,14 @@ def handler(args: argparse.Namespace) -> int:
         # bf16 is the GPU default; on a CPU it is slower than fp32.
         engine_kwargs["dtype"] = "fp32"
     config = EngineConfig(**engine_kwargs)
+    # What is sure to fail fails now, in one line, not after a model load.
+    require(
+        check_device(
+            "--device" if args.device else "stt.device", config.device, cpu_hint="--device cpu"
+        )
+    )
+    require(check_model_source("--model" if args.model else "stt.model", config.model))
+    require(check_port_free("port", args.asr_host, args.asr_port, fix=_PORT_FIX))
     server_config = ServerConfig(
         host=args.asr_host,
         port=args.asr_port,
@@ -191,8 +219,12 @@ def handler(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_serve(args, config, server_config, settings.log_level))
     except EngineProcessError as exc:
-        logger.error(f"{exc}. Check the model path or id and the device (voice-agent doctor).")
-        return 1
+        raise StartupError(str(exc), _MODEL_FIX) from exc
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        # Taken between the check above and the bind.
+        raise StartupError(f"port {args.asr_port} on {args.asr_host} is in use", _PORT_FIX) from exc
 
 
 async def _serve(args, config, server_config, log_level: str) -> int:
@@ -203,12 +235,17 @@ async def _serve(args, config, server_config, log_level: str) -> int:
 
     started = time.perf_counter()
     if args.in_process:
+        from services.asr.engine.loader import ModelLoadError
+
         if args.torch_threads:
             import torch
 
             torch.set_num_threads(args.torch_threads)
         loop = asyncio.get_running_loop()
-        engine = await loop.run_in_executor(None, get_engine, config)
+        try:
+            engine = await loop.run_in_executor(None, get_engine, config)
+        except ModelLoadError as exc:
+            raise StartupError(str(exc), _MODEL_FIX) from exc
     else:
         engine = EngineProcess(
             config,
@@ -261,6 +298,7 @@ async def _start_front_ends(engine, server, config, log_level: str) -> list:
     import multiprocessing
 
     from services.asr.server.front_worker import run_front_worker
+    from services.lifetime import on_lasting_thread, run_as_child
 
     context = multiprocessing.get_context("spawn")
     fronts, events = [], []
@@ -268,13 +306,14 @@ async def _start_front_ends(engine, server, config, log_level: str) -> list:
         front_config = dataclasses.replace(server.config, port=server.port, front_end=index)
         ready = context.Event()
         front = context.Process(
-            target=run_front_worker,
-            args=(index, sock, config, front_config, ready),
+            # It dies with this process, even one killed with SIGKILL (services/lifetime.py).
+            target=run_as_child,
+            args=(os.getpid(), run_front_worker, index, sock, config, front_config, ready),
             kwargs={"init": functools.partial(setup_logging, log_level)},
             name=f"asr-front-{index}",
             daemon=True,
         )
-        front.start()
+        on_lasting_thread(front.start)
         sock.close()  # the front end holds its own copy
         fronts.append(front)
         events.append(ready)

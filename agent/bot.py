@@ -12,6 +12,7 @@ from pipecat.runner.utils import create_transport
 from pipecat.transports.base_transport import TransportParams
 from pipecat.workers.runner import WorkerRunner
 
+from agent import telephony
 from agent.config import AgentSettings, load_config
 from pipelines.voice import INPUT_SAMPLE_RATE, build_voice_pipeline
 
@@ -51,12 +52,29 @@ def _transport_params() -> dict:
     return params
 
 
+def session_label(runner_args: RunnerArguments) -> str | None:
+    """The id that names this session in the logs: the runner's, else the WebRTC peer's."""
+    if runner_args.session_id:
+        return runner_args.session_id
+    connection = getattr(runner_args, "webrtc_connection", None)
+    return getattr(connection, "pc_id", None)
+
+
 async def bot(runner_args: RunnerArguments) -> None:
     """Run one voice session on the transport the runner created for it."""
     settings = current_settings()
-    transport = await create_transport(runner_args, _transport_params())
+    if telephony.is_call(runner_args):
+        # A phone call on the runner's /ws: Pipecat's serializer, hang-up only if configured.
+        transport = await telephony.create_call_transport(runner_args, settings.transport.type)
+        if transport is None:
+            return
+    else:
+        transport = await create_transport(runner_args, _transport_params())
     voice = await build_voice_pipeline(
-        settings, transport_input=transport.input(), transport_output=transport.output()
+        settings,
+        transport_input=transport.input(),
+        transport_output=transport.output(),
+        session_id=session_label(runner_args),
     )
     worker = voice.create_worker()
 

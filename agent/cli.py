@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agent.config import ConfigError, ResolvedConfig, load_config, settings_table
+from pipelines.checks import StartupError
 
 WEB_DIR = Path(__file__).parent / "web"
 
@@ -29,6 +32,12 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         help="override one setting, e.g. --set llm.temperature=0.3 (repeatable)",
     )
     parser.add_argument("--env-file", default=".env", help="dotenv file to read (default: .env)")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log_level (DEBUG also shows the traceback of a start-up error)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="serve the browser room and run a bot per session")
     _add_config_options(run)
-    run.add_argument("-t", "--transport", choices=["webrtc", "daily"], help="transport.type")
+    run.add_argument(
+        "-t",
+        "--transport",
+        choices=["webrtc", "daily", "twilio", "telnyx", "plivo", "exotel"],
+        help="transport.type (twilio, telnyx, plivo, exotel: phone calls on /ws)",
+    )
+    run.add_argument(
+        "-x", "--proxy", help="transport.proxy: public host name for phone calls (abc.ngrok.app)"
+    )
     run.add_argument("--host", help="transport.host (default localhost)")
     run.add_argument("--port", type=int, help="transport.port (default 7860)")
     run.add_argument("--no-prewarm", action="store_true", help="load models on first session")
@@ -65,21 +82,44 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set llm.model=gpt-4o")
         found[key.strip()] = value
-    for key in ("transport", "host", "port"):
+    for key in ("transport", "host", "port", "proxy"):
         value = getattr(args, key, None)
         if value is not None:
             found[f"transport.{'type' if key == 'transport' else key}"] = str(value)
+    if getattr(args, "log_level", None):
+        found["log_level"] = args.log_level
     return found
 
 
 def resolve(args: argparse.Namespace) -> ResolvedConfig:
     """Load config from the CLI options, the environment, .env and the file."""
-    return load_config(
+    resolved = load_config(
         args.config,
         profile=args.profile,
         overrides=_overrides(args),
         dotenv_path=args.env_file,
     )
+    # main() shows a start-up error's traceback only at DEBUG, from wherever DEBUG was set.
+    args.resolved_log_level = resolved.settings.log_level
+    return resolved
+
+
+def exit_on_stop_signals() -> None:
+    """Make SIGTERM and SIGINT end the process through its normal exit, with exit code 0.
+
+    Why: uvicorn (under Pipecat's runner) stops its server on these signals, then puts back the
+    handler it found and raises the signal again. The default SIGTERM handler then killed the
+    process on the spot, skipping ``atexit``, and the embedded llama.cpp server lived on. A
+    ``SystemExit`` instead unwinds everything and runs the ``atexit`` hooks that stop the
+    children (the llama.cpp server, multiprocessing's engine process), during model loading too.
+    Call it from the main thread.
+    """
+
+    def stop(signum: int, _frame) -> None:
+        raise SystemExit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -153,18 +193,45 @@ def _serve_room(app) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Start the Pipecat runner with our bot and room page."""
+    """Start the Pipecat runner with our bot and room page.
+
+    Raises:
+        ConfigError: A bad setting.
+        StartupError: A predictable failure (port taken, no CUDA, model missing, no API key),
+            found before any model loads where possible.
+    """
     from loguru import logger
 
-    from agent import bot
+    from agent import telephony
     from agent.logs import setup_logging
-    from agent.prewarm import prewarm
-    from agent.webrtc_tuning import keep_audio_output_fed, reduce_audio_receive_latency
+    from agent.prewarm import preflight, prewarm
+    from pipelines.checks import check_port_free, require
 
     _load_dotenv_without_override(args.env_file)
     resolved = resolve(args)
     settings = resolved.settings
     setup_logging(settings.log_level)
+    exit_on_stop_signals()
+    # What is sure to fail fails now, in one line, before Pipecat and the models load.
+    transport = settings.transport
+    # Phone calls: -x for the runner, and hang-up credentials complete or absent.
+    runner_transport_args = telephony.runner_arguments(transport)
+    hang_up = telephony.is_telephony(transport.type) and telephony.check_hang_up_credentials(
+        transport.type
+    )
+    require(
+        check_port_free(
+            "transport.port",
+            transport.host,
+            transport.port,
+            fix="stop what listens there (another voice-agent?), or pick another port: --port N",
+        )
+    )
+    preflight(settings)
+
+    from agent import bot
+    from agent.webrtc_tuning import keep_audio_output_fed, reduce_audio_receive_latency
+
     if resolved.sources.get("profile", "").startswith("auto"):
         logger.info(
             f"Profile {settings.profile} chosen automatically "
@@ -183,17 +250,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     _serve_room(runner.app)
     # The runner finds the bot in __main__; the console script's __main__ has none.
     sys.modules["__main__"].bot = bot.bot  # type: ignore[attr-defined]
-    transport = settings.transport
     sys.argv = [
         "voice-agent run",
         "--host",
         transport.host,
         "--port",
         str(transport.port),
-        "-t",
-        transport.type,
+        *runner_transport_args,
     ]
-    logger.info(f"Open http://{transport.host}:{transport.port}/ and press Connect")
+    if telephony.is_telephony(transport.type):
+        logger.info(telephony.ready_message(transport, hang_up))
+    else:
+        logger.info(f"Open http://{transport.host}:{transport.port}/ and press Connect")
     runner.main()
     return 0
 
@@ -214,8 +282,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except ConfigError as exc:
-        print(f"voice-agent: {exc}", file=sys.stderr)
+        _report(args, exc, str(exc))
         return 2
+    except StartupError as exc:
+        _report(args, exc, exc.message + (f"\n  fix: {exc.fix}" if exc.fix else ""))
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C before a command set up its own handling
+        return 130
+
+
+def _report(args: argparse.Namespace, exc: BaseException, message: str) -> None:
+    """Print a user-facing error: one message, the traceback only when asked for with DEBUG."""
+    level = getattr(args, "resolved_log_level", None) or getattr(args, "log_level", None)
+    if level in ("DEBUG", "TRACE"):
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"voice-agent: {message}", file=sys.stderr)
 
 
 def _register_extra_commands() -> None:

@@ -2,7 +2,7 @@
 
 Precedence, lowest to highest:
 
-1. defaults in the dataclasses below;
+1. defaults in the settings classes (``pipelines/settings.py``);
 2. the selected profile (built-in ``cpu`` / ``nvidia``, or ``[profiles.NAME]`` in the TOML file);
 3. the TOML file given with ``--config`` (top-level tables);
 4. ``.env`` in the working directory (only keys not already in the process environment);
@@ -22,129 +22,30 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import SecretStr, ValidationError
 
 from agent.profiles import BUILTIN_PROFILES, detect_default_profile
 from pipelines.registry import REGISTRIES
 
-ENV_PREFIX = "VOICE_AGENT_"
-DEFAULT_NEMOTRON_MODEL = "nvidia/nemotron-speech-streaming-en-0.6b"
-DEFAULT_MAGPIE_MODEL = "nvidia/magpie_tts_multilingual_357m"
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful voice assistant. Your answers are spoken aloud, so keep them short, "
-    "plain and conversational: no lists, no markdown, no emoji."
+# The settings type lives in pipelines/ (the builders take it without importing this layer);
+# every name stays importable from here.
+from pipelines.settings import (  # noqa: F401
+    DEFAULT_MAGPIE_MODEL,
+    DEFAULT_NEMOTRON_MODEL,
+    DEFAULT_SYSTEM_PROMPT,
+    AgentSettings,
+    LLMSettings,
+    STTSettings,
+    TransportSettings,
+    TTSSettings,
+    TurnSettings,
+    VADSettings,
+    _Section,
 )
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class TransportSettings(_Section):
-    """How browsers and clients reach the bot."""
-
-    type: Literal["webrtc", "daily"] = "webrtc"
-    host: str = "localhost"
-    port: int = Field(7860, ge=1, le=65535)
-
-
-class STTSettings(_Section):
-    """Speech recognition backend and its options."""
-
-    backend: str = "nemotron"
-    model: str = DEFAULT_NEMOTRON_MODEL
-    device: str = "auto"
-    dtype: Literal["fp32", "bf16"] = "bf16"
-    chunk_ms: Literal[80, 160, 560, 1120] = 160
-    # The engine's encoder step: "fast" caches projected keys/values (~4x fewer FLOPs at 160 ms),
-    # "nemo" is NeMo's own cache_aware_stream_step. Same output within float rounding.
-    encoder: Literal["fast", "nemo"] = "fast"
-    # Run the engine in a child process shared by the bot's sessions: their frame processing and
-    # the engine's scheduler then never compete for the interpreter lock
-    # (scripts/bench_stt_sessions.py). False: in this process, on a scheduler thread.
-    engine_process: bool = True
-    language: str = "en"
-    server_url: str = "ws://127.0.0.1:8765"
-    server_token: SecretStr | None = None
-
-    @field_validator("device")
-    @classmethod
-    def _check_device(cls, value: str) -> str:
-        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-            return value
-        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-
-
-class LLMSettings(_Section):
-    """The language model: a preset fills base_url, model and key conventions."""
-
-    preset: str = "openai"
-    base_url: str | None = None
-    model: str | None = None
-    api_key: SecretStr | None = None
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
-    max_tokens: int | None = Field(None, ge=1)
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    thinking: bool = False
-    extra_body: dict[str, Any] = Field(default_factory=dict)
-    gguf_path: str | None = None
-    # The embedded llama.cpp server (preset "local"): context length, CPU threads, and the
-    # niceness it runs at, so that the agent's audio path wins a CPU both share.
-    n_ctx: int = Field(4096, ge=256)
-    n_threads: int | None = Field(None, ge=1)
-    niceness: int = Field(10, ge=0, le=19)
-
-
-class TTSSettings(_Section):
-    """Speech synthesis backend and voice."""
-
-    backend: str = "magpie"
-    model: str = DEFAULT_MAGPIE_MODEL
-    voice: str | None = None
-    language: str = "en"
-    device: str = "auto"
-    server: str = "localhost:50051"
-    use_ssl: bool = False
-    api_key: SecretStr | None = None
-    cfg_scale: float | None = Field(None, ge=0.0)
-    # magpie-nim: one gRPC call per sentence, or one stream per reply (Magpie stitching).
-    nim_mode: Literal["per_sentence", "stitched"] = "per_sentence"
-
-
-class VADSettings(_Section):
-    """Silero VAD on the user aggregator."""
-
-    stop_secs: float = Field(0.2, gt=0.0, le=5.0)
-    start_secs: float = Field(0.2, ge=0.0, le=5.0)
-    confidence: float = Field(0.7, gt=0.0, le=1.0)
-    min_volume: float = Field(0.6, ge=0.0, le=1.0)
-
-
-class TurnSettings(_Section):
-    """How the end of the user's turn is decided."""
-
-    strategy: Literal["smart-turn", "timeout"] = "smart-turn"
-    timeout_secs: float = Field(0.6, gt=0.0, le=10.0)
-    # Smart Turn: the silence after which a turn the model judged incomplete ends anyway
-    # (Pipecat's default). Shorter answers sooner a user who did finish; longer lets a user who
-    # paused mid-thought go on.
-    incomplete_timeout_secs: float = Field(3.0, gt=0.0, le=30.0)
-
-
-class AgentSettings(_Section):
-    """The whole resolved configuration."""
-
-    profile: str = "auto"
-    log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    transport: TransportSettings = Field(default_factory=TransportSettings)
-    stt: STTSettings = Field(default_factory=STTSettings)
-    llm: LLMSettings = Field(default_factory=LLMSettings)
-    tts: TTSSettings = Field(default_factory=TTSSettings)
-    vad: VADSettings = Field(default_factory=VADSettings)
-    turn: TurnSettings = Field(default_factory=TurnSettings)
-
+ENV_PREFIX = "VOICE_AGENT_"
 
 SECTIONS: dict[str, type[_Section]] = {
     name: info.annotation  # type: ignore[misc]

@@ -1,26 +1,3 @@
-"""Logging set-up: loguru for Pipecat and ours, stdlib logging (NeMo, engine) routed into it."""
+"""Logging set-up; it lives in ``pipelines/logs.py`` (builders need it too)."""
 
-from __future__ import annotations
-
-import logging
-import sys
-
-from loguru import logger
-
-
-class _ToLoguru(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            level = logger.level(record.levelname).name
-        except ValueError:
-            level = record.levelno
-        logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
-
-
-def setup_logging(level: str = "INFO") -> None:
-    """One log stream at ``level``; NeMo's chatty loggers are held at WARNING."""
-    logger.remove()
-    logger.add(sys.stderr, level=level)
-    logging.basicConfig(handlers=[_ToLoguru()], level=level, force=True)
-    for noisy in ("nemo_logger", "nemo", "lightning", "pytorch_lightning", "numba"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+from pipelines.logs import setup_logging  # noqa: F401

@@ -32,12 +32,19 @@ onset, so the first packet often decodes to near silence. Measured over loopback
 cores (``scripts/bench_v2v.py``, 20 turns each): the bot's first audible frame reached the client
 37 ms p50 (55 p90) after the agent started speaking with 20 ms sent at once, 24 ms (35 p90) with
 40 ms.
+
+Both are process-wide patches of a library class (the agent applies them once at start-up); each
+function returns an undo, and :func:`audio_receive_latency_reduced` and
+:func:`audio_output_kept_fed` apply them for a ``with`` block only (tests, clients).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
+from collections.abc import Callable, Iterator
 
 from aiortc import rtcrtpreceiver
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
@@ -124,14 +131,48 @@ class LookaheadAudioTrack(RawAudioTrack):
             self._wakeup = None
 
 
-def reduce_audio_receive_latency() -> None:
-    """Make aiortc's receivers release audio packets on arrival (idempotent; process-wide)."""
-    rtcrtpreceiver.JitterBuffer = LowLatencyAudioJitterBuffer
+def reduce_audio_receive_latency() -> Callable[[], None]:
+    """Make aiortc's receivers release audio packets on arrival (idempotent; process-wide).
+
+    Returns:
+        A function that puts back the buffer class that was there before the call.
+    """
+    return _replace(rtcrtpreceiver, "JitterBuffer", LowLatencyAudioJitterBuffer)
 
 
-def keep_audio_output_fed() -> None:
-    """Make Pipecat's SmallWebRTC transport send through ``LookaheadAudioTrack`` (idempotent)."""
-    smallwebrtc_transport.RawAudioTrack = LookaheadAudioTrack
+def keep_audio_output_fed() -> Callable[[], None]:
+    """Make Pipecat's SmallWebRTC transport send through ``LookaheadAudioTrack`` (idempotent).
+
+    Returns:
+        A function that puts back the track class that was there before the call.
+    """
+    return _replace(smallwebrtc_transport, "RawAudioTrack", LookaheadAudioTrack)
+
+
+@contextlib.contextmanager
+def audio_receive_latency_reduced() -> Iterator[None]:
+    """Receivers created inside the block use the low-latency buffer (and keep it after)."""
+    undo = reduce_audio_receive_latency()
+    try:
+        yield
+    finally:
+        undo()
+
+
+@contextlib.contextmanager
+def audio_output_kept_fed() -> Iterator[None]:
+    """Transports that build their output track inside the block build a lookahead one."""
+    undo = keep_audio_output_fed()
+    try:
+        yield
+    finally:
+        undo()
+
+
+def _replace(module, name: str, value) -> Callable[[], None]:
+    previous = getattr(module, name)
+    setattr(module, name, value)
+    return functools.partial(setattr, module, name, previous)
 
 
 def _resolve(future: asyncio.Future) -> None:

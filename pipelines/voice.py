@@ -18,23 +18,30 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
+    LLMAssistantAggregator,
+    LLMAssistantAggregatorParams,
     LLMContextAggregatorPair,
+    LLMUserAggregator,
     LLMUserAggregatorParams,
 )
 from pipecat.processors.frame_processor import FrameProcessor
-from pipecat.turns.user_stop import (
-    SpeechTimeoutUserTurnStopStrategy,
-    TurnAnalyzerUserTurnStopStrategy,
-)
+from pipecat.turns.user_stop import BaseUserTurnStopStrategy, SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
+from pipelines.context_window import (
+    ContextWindowGuard,
+    context_budget,
+    context_strategy,
+    summarization_config,
+)
 from pipelines.latency import TurnLatencyObserver
 from pipelines.registry import resolve
+from pipelines.turns import SpeculativeTurnStopStrategy, TextAwareTurnStopStrategy
 
 if TYPE_CHECKING:
     from pipecat.audio.turn.base_turn_analyzer import BaseTurnAnalyzer
 
-    from agent.config import AgentSettings
+    from pipelines.settings import AgentSettings
 
 # Audio enters at 16 kHz mono, the rate every ASR backend here is trained on.
 INPUT_SAMPLE_RATE = 16000
@@ -58,6 +65,12 @@ class VoicePipeline:
     services: VoiceServices
     latency: TurnLatencyObserver
     observers: list[BaseObserver] = field(default_factory=list)
+    # Keeps every LLM request inside llm.n_ctx (pipelines/context_window.py).
+    context_guard: ContextWindowGuard | None = None
+    # Decide each turn end (pipelines/turns.py); the user aggregator runs them.
+    user_aggregator: LLMUserAggregator | None = None
+    turn_strategies: UserTurnStrategies | None = None
+    assistant_aggregator: LLMAssistantAggregator | None = None
 
     def create_worker(self, **kwargs: Any) -> PipelineWorker:
         """A worker with metrics on, RTVI for the browser client and the latency observer."""
@@ -96,12 +109,28 @@ async def build_services(settings: AgentSettings) -> VoiceServices:
 
 
 def build_turn_strategies(settings: AgentSettings) -> UserTurnStrategies:
-    """Turn end by Smart Turn (a model decides) or by a fixed speech timeout."""
-    if settings.turn.strategy == "timeout":
-        stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=settings.turn.timeout_secs)]
+    """Turn end by Smart Turn with the transcript's verdict, or by a fixed speech timeout.
+
+    With ``turn.speculative`` the LLM answers the STT's eager end of turn at the VAD stop and
+    the turn end decided here confirms (or drops) that answer.
+    """
+    turn = settings.turn
+    detector: BaseUserTurnStopStrategy
+    if turn.strategy == "timeout":
+        detector = SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=turn.timeout_secs)
     else:
-        stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=build_smart_turn(settings))]
-    return UserTurnStrategies(stop=stop)
+        detector = TextAwareTurnStopStrategy(
+            turn_analyzer=build_smart_turn(settings),
+            complete_text_wait_secs=turn.complete_text_wait_secs,
+        )
+    if not turn.speculative:
+        return UserTurnStrategies(stop=[detector])
+    # Unconfirmed for longer than the detector's longest wait (plus a slow final transcript):
+    # the answer was for a turn that never ended as predicted.
+    longest_wait = max(turn.incomplete_timeout_secs, turn.timeout_secs)
+    return UserTurnStrategies(
+        stop=[SpeculativeTurnStopStrategy(detector, speculation_timeout=longest_wait + 3.0)]
+    )
 
 
 def build_smart_turn(settings: AgentSettings) -> BaseTurnAnalyzer:
@@ -132,6 +161,7 @@ async def build_voice_pipeline(
     transport_input: FrameProcessor | None = None,
     transport_output: FrameProcessor | None = None,
     services: VoiceServices | None = None,
+    session_id: str | None = None,
 ) -> VoicePipeline:
     """Assemble one session's pipeline.
 
@@ -140,17 +170,35 @@ async def build_voice_pipeline(
         transport_input: ``transport.input()``; omitted in tests that feed frames directly.
         transport_output: ``transport.output()``; omitted likewise.
         services: Prebuilt services (tests); built from the registry when None.
+        session_id: Names the session in the services' logs (e.g. an empty LLM reply).
     """
     services = services or await build_services(settings)
+    if session_id and hasattr(services.llm, "session_id"):
+        services.llm.session_id = session_id
     # The system prompt lives on the LLM service (system_instruction), as Pipecat 1.14 asks.
     context = LLMContext()
+    budget = context_budget(settings)
+    summarize = context_strategy(settings) == "summarize"
+    turn_strategies = build_turn_strategies(settings)
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
             vad_analyzer=build_vad(settings),
-            user_turn_strategies=build_turn_strategies(settings),
+            user_turn_strategies=turn_strategies,
+            # Pipecat's watchdog ends a silent turn after this: never before the turn
+            # strategy's own longest wait.
+            user_turn_stop_timeout=max(5.0, settings.turn.incomplete_timeout_secs + 2.0),
+        ),
+        assistant_params=LLMAssistantAggregatorParams(
+            enable_auto_context_summarization=summarize,
+            auto_context_summarization_config=summarization_config(budget),
         ),
     )
+    # Every request fits llm.n_ctx: the summarizer keeps the conversation short, the guard
+    # cuts what still does not fit (all of it with llm.context_strategy = "trim").
+    guard = ContextWindowGuard(budget, context)
+    guard.attach(aggregators.user())
+    guard.attach(aggregators.assistant())  # it asks for a reply after a function call
     processors: list[FrameProcessor] = []
     if transport_input is not None:
         processors.append(transport_input)
@@ -163,4 +211,8 @@ async def build_voice_pipeline(
         context=context,
         services=services,
         latency=TurnLatencyObserver(),
+        context_guard=guard,
+        user_aggregator=aggregators.user(),
+        turn_strategies=turn_strategies,
+        assistant_aggregator=aggregators.assistant(),
     )

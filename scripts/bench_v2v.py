@@ -8,6 +8,10 @@ audible frame of the bot's reply, as received. The agent's per-turn breakdown (R
 splits that time into stages; whatever the client measured beyond the agent's own total is
 ``transport`` (both WebRTC legs: Opus, jitter buffers, the network).
 
+``--sessions N`` runs N such clients at once against the same agent, each speaking its own
+``--turns`` (their utterances differ, their turns overlap as they drift apart): what many users of
+one process hear. Statistics are per session and over all of them.
+
 Targets a running agent (``--url``, any profile, any machine) or starts one (``--profile``, with
 ``--set`` overrides). Writes ``results.json``, ``v2v.png`` and ``table.md`` into ``--out`` and
 prints the table.
@@ -15,6 +19,7 @@ prints the table.
 Examples::
 
     python scripts/bench_v2v.py --profile cpu --turns 20
+    python scripts/bench_v2v.py --profile cpu --sessions 4 --turns 8   # 4 users at once
     python scripts/bench_v2v.py --url http://gpu-box:7860 --turns 50   # agent runs elsewhere
     python scripts/bench_v2v.py --profile nvidia --set llm.base_url=http://127.0.0.1:8000/v1
 """
@@ -188,13 +193,31 @@ def pick_utterances(args: argparse.Namespace) -> list[Utterance]:
     return found
 
 
-async def run_turns(url: str, utterances: list[Utterance], args: argparse.Namespace) -> list[dict]:
-    """Speak ``args.warmup + args.turns`` utterances, reconnecting every few turns."""
+async def run_sessions(
+    url: str, utterances: list[Utterance], args: argparse.Namespace
+) -> list[dict]:
+    """Run ``args.sessions`` clients at once, each speaking its own turns; all their records."""
+    per_session = await asyncio.gather(
+        *(run_turns(url, utterances, args, session=s) for s in range(args.sessions))
+    )
+    return sorted((r for records in per_session for r in records), key=lambda r: r["finished"])
+
+
+async def run_turns(
+    url: str, utterances: list[Utterance], args: argparse.Namespace, *, session: int = 0
+) -> list[dict]:
+    """Speak ``args.warmup + args.turns`` utterances, reconnecting every few turns.
+
+    ``session`` numbers the client among those running at once; each starts at its own place
+    in the utterance list, so simultaneous sessions say different things.
+    """
     records: list[dict] = []
     total = args.warmup + args.turns
     same_host = _same_host(url)
     client: VoiceClient | None = None
     turns_in_session = 0
+    offset = session * total
+    tag_session = f"s{session} " if args.sessions > 1 else ""
     try:
         for index in range(total):
             if client is None or turns_in_session >= args.turns_per_session:
@@ -206,7 +229,7 @@ async def run_turns(url: str, utterances: list[Utterance], args: argparse.Namesp
                 connect_secs = time.monotonic() - started
                 turns_in_session = 0
                 await asyncio.sleep(args.pause)
-            utterance = utterances[index % len(utterances)]
+            utterance = utterances[(offset + index) % len(utterances)]
             turn = await client.say(
                 utterance.path,
                 response_timeout=args.response_timeout,
@@ -215,7 +238,9 @@ async def run_turns(url: str, utterances: list[Utterance], args: argparse.Namesp
             turns_in_session += 1
             times = stage_times(turn, same_host=same_host)
             record = {
+                "session": session,
                 "index": index,
+                "finished": time.time(),
                 "warmup": index < args.warmup,
                 "utterance": utterance.id,
                 "text": utterance.text,
@@ -241,8 +266,8 @@ async def run_turns(url: str, utterances: list[Utterance], args: argparse.Namesp
                 v2v = f"{turn.voice_to_voice_secs * 1000:.0f} ms"
             tag = "warm-up " if record["warmup"] else ""
             print(
-                f"[{index + 1}/{total}] {tag}{v2v:>9}  heard {turn.user_transcript!r} -> "
-                f"{turn.bot_text[:60]!r}",
+                f"{tag_session}[{index + 1}/{total}] {tag}{v2v:>9}  "
+                f"heard {turn.user_transcript!r} -> {turn.bot_text[:60]!r}",
                 flush=True,
             )
             await asyncio.sleep(args.pause)
@@ -266,6 +291,17 @@ def build_summary(records: list[dict]) -> dict:
     answered = [r["voice_to_voice_secs"] for r in measured if r["voice_to_voice_secs"]]
     if answered:
         summary["voice_to_voice"] = summarize(answered)
+    # Per session (client) when several ran at once: what each user heard, side by side.
+    sessions = sorted({r.get("session", 0) for r in measured})
+    summary["sessions"] = {}
+    for session in sessions:
+        own = [r for r in measured if r.get("session", 0) == session]
+        heard = [r["voice_to_voice_secs"] for r in own if r["voice_to_voice_secs"]]
+        summary["sessions"][str(session)] = {
+            "turns": len(own),
+            "answered": len(heard),
+            "voice_to_voice": summarize(heard) if heard else None,
+        }
     if not timed:
         return summary
     keys = [name for name, _, _ in STAGES]
@@ -282,8 +318,10 @@ def build_summary(records: list[dict]) -> dict:
 
 
 def format_table(summary: dict, meta: dict) -> str:
+    sessions = summary.get("sessions") or {}
     lines = [
-        f"Voice-to-voice over WebRTC, measured at the client: {summary['turns']} turns, "
+        (f"{len(sessions)} sessions at once. " if len(sessions) > 1 else "")
+        + f"Voice-to-voice over WebRTC, measured at the client: {summary['turns']} turns, "
         f"{summary['answered']} answered, {summary.get('with_breakdown', 0)} with the agent's "
         "breakdown"
         + (
@@ -300,6 +338,34 @@ def format_table(summary: dict, meta: dict) -> str:
         ),
         "",
     ]
+    if len(sessions) > 1:
+        lines += [
+            "| session | turns | answered | "
+            + " | ".join(f"p{p} ms" for p in PERCENTILES)
+            + " | mean ms |",
+            "|" + "---|" * (len(PERCENTILES) + 4),
+        ]
+        rows = [(f"session {name}", entry) for name, entry in sessions.items()]
+        rows.append(
+            (
+                "**all sessions**",
+                {
+                    "turns": summary["turns"],
+                    "answered": summary["answered"],
+                    "voice_to_voice": summary.get("voice_to_voice"),
+                },
+            )
+        )
+        for label, entry in rows:
+            stats = entry["voice_to_voice"]
+            cells = (
+                " | ".join(f"{stats[f'p{p}'] * 1000:.0f}" for p in PERCENTILES)
+                + f" | {stats['mean'] * 1000:.0f}"
+                if stats
+                else " | ".join("-" for _ in range(len(PERCENTILES) + 1))
+            )
+            lines.append(f"| {label} | {entry['turns']} | {entry['answered']} | {cells} |")
+        lines.append("")
     if "stages" not in summary:
         return "\n".join(lines + ["no turn had a reply with a latency breakdown"])
     header = "| stage | " + " | ".join(f"p{p} ms" for p in PERCENTILES) + " | mean ms |"
@@ -353,12 +419,39 @@ def plot(records: list[dict], summary: dict, path: Path, title: str) -> None:
         bottom += values
     totals = np.array([r["stages"]["total"] * 1000 for r in timed])
     bars.plot(x, totals, "k.", label="client voice-to-voice")
-    bars.set_xticks(x, [str(r["index"]) for r in timed], fontsize=8)
+    multi = len({r.get("session", 0) for r in timed}) > 1
+    ticks = [f"s{r.get('session', 0)}.{r['index']}" if multi else str(r["index"]) for r in timed]
+    bars.set_xticks(x, ticks, fontsize=8, rotation=90 if multi else 0)
     bars.set_xlabel("turn (with the agent's breakdown)")
     bars.set_ylabel("ms")
     bars.set_title("Per-turn breakdown")
     ordered = np.sort([r["voice_to_voice_secs"] * 1000 for r in answered])
-    cdf.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered), drawstyle="steps-post")
+    sessions = sorted({r.get("session", 0) for r in answered})
+    if len(sessions) > 1:
+        for session in sessions:
+            own = np.sort(
+                [
+                    r["voice_to_voice_secs"] * 1000
+                    for r in answered
+                    if r.get("session", 0) == session
+                ]
+            )
+            cdf.plot(
+                own,
+                np.arange(1, len(own) + 1) / len(own),
+                drawstyle="steps-post",
+                alpha=0.5,
+                label=f"session {session}",
+            )
+    cdf.plot(
+        ordered,
+        np.arange(1, len(ordered) + 1) / len(ordered),
+        drawstyle="steps-post",
+        color="black",
+        label="all sessions",
+    )
+    if len(sessions) > 1:
+        cdf.legend(fontsize=7, loc="lower right")
     for i, p in enumerate(PERCENTILES):
         value = summary["voice_to_voice"][f"p{p}"] * 1000
         cdf.axvline(value, linestyle="--", color="gray")
@@ -390,10 +483,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="config override for the started agent (default llm.max_tokens=60)",
     )
-    parser.add_argument("--turns", type=int, default=20, help="measured turns (default 20)")
-    parser.add_argument("--warmup", type=int, default=1, help="unmeasured first turns (1)")
     parser.add_argument(
-        "--turns-per-session", type=int, default=5, help="reconnect after this many turns (5)"
+        "--sessions", type=int, default=1, help="WebRTC clients talking at once (default 1)"
+    )
+    parser.add_argument(
+        "--turns", type=int, default=20, help="measured turns per session (default 20)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="unmeasured first turns per session (1)"
+    )
+    parser.add_argument(
+        "--turns-per-session",
+        type=int,
+        default=5,
+        help="reconnect a client after this many turns (5)",
     )
     parser.add_argument("--speech-dir", default=str(SPEECH_DIR), help="fetch_speech.py output")
     parser.add_argument("--utterances", help="regex on utterance id or text")
@@ -410,6 +513,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.sessions < 1:
+        raise SystemExit("--sessions must be at least 1")
     overrides = dict(DEFAULT_OVERRIDES)
     for item in args.overrides:
         key, sep, value = item.partition("=")
@@ -419,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     utterances = pick_utterances(args)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     label = "remote" if args.url else (args.profile or "cpu")
+    if args.sessions > 1:
+        label += f"-{args.sessions}sessions"
     out = Path(args.out or REPO_ROOT / "bench_results" / f"v2v-{label}-{stamp}")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -444,8 +551,9 @@ def main(argv: list[str] | None = None) -> int:
             "agent_config": agent_config(profile, overrides),
         }
     meta["command"] = " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
+    meta["sessions"] = args.sessions
     try:
-        records = asyncio.run(run_turns(url, utterances, args))
+        records = asyncio.run(run_sessions(url, utterances, args))
     finally:
         if agent is not None:
             agent.stop()
@@ -457,8 +565,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     (out / "table.md").write_text(table + "\n")
     load = summary.get("load_avg_1min")
-    title = f"Voice-to-voice, {meta['target']}, profile {meta.get('profile') or '?'}" + (
-        f", load avg {load['mean']:.1f}" if load else ""
+    title = (
+        f"Voice-to-voice, {meta['target']}, profile {meta.get('profile') or '?'}"
+        + (f", {args.sessions} sessions at once" if args.sessions > 1 else "")
+        + (f", load avg {load['mean']:.1f}" if load else "")
     )
     plot(records, summary, out / "v2v.png", title)
     print()

@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from agent.config import AgentSettings
-    from agent.doctor import Check
+    from pipelines.checks import Check
+    from pipelines.settings import AgentSettings
 
 _HINT = (
     'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" '
@@ -44,18 +44,39 @@ async def build(settings: AgentSettings):
     return make_service(settings, resolved, ensure_server=server.ensure_started)
 
 
+def preflight(settings: AgentSettings) -> None:
+    """Fail now where the server cannot start: llama-cpp-python missing, no GGUF file.
+
+    Raises:
+        StartupError: With the cause and the fix (the doctor's own checks).
+    """
+    from pipelines.checks import require
+
+    for check in checks(settings):
+        require(check)
+
+
 async def prewarm(settings: AgentSettings) -> None:
     """Start the server and run one short completion with the system prompt.
 
     The first request of a fresh llama.cpp server pays for loading weights into cache and
     evaluating the system prompt (~2 s here); doing it now keeps it off the first user's turn
     (llama.cpp reuses the evaluated prompt prefix).
+
+    Raises:
+        StartupError: The server could not be started.
     """
     import httpx
 
-    from services.llm.llama_server import LOCAL_MODEL_ALIAS
+    from pipelines.checks import StartupError
+    from services.llm.llama_server import LOCAL_MODEL_ALIAS, LlamaServerError
 
-    base_url = await server_for(settings).ensure_started()
+    try:
+        base_url = await server_for(settings).ensure_started()
+    except LlamaServerError as exc:
+        raise StartupError(
+            str(exc), "check llm.gguf_path and llm.n_ctx; voice-agent doctor checks the set-up"
+        ) from exc
     body = {
         "model": LOCAL_MODEL_ALIAS,
         "messages": [
@@ -75,7 +96,7 @@ async def prewarm(settings: AgentSettings) -> None:
 
 def checks(settings: AgentSettings) -> list[Check]:
     """Doctor checks: llama-cpp-python and the GGUF file."""
-    from agent.doctor import Check, check_package
+    from pipelines.checks import Check, check_package
     from services.llm.llama_server import LlamaServerError, default_gguf_path
 
     found = [check_package("llama_cpp", "llama-cpp-python[server]")]
@@ -90,7 +111,7 @@ def checks(settings: AgentSettings) -> list[Check]:
             Check(
                 "llm GGUF",
                 path.is_file(),
-                str(path) if path.is_file() else f"{path} does not exist",
+                str(path) if path.is_file() else f"GGUF file {path} does not exist (llm.gguf_path)",
                 "" if path.is_file() else "set llm.gguf_path to a GGUF file",
             )
         )

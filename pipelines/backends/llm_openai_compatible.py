@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from agent.config import AgentSettings
-    from agent.doctor import Check
+    from pipelines.checks import Check
+    from pipelines.settings import AgentSettings
 
 
 def endpoint(settings: AgentSettings, **overrides):
@@ -63,9 +63,32 @@ def build(settings: AgentSettings):
     return make_service(settings, endpoint(settings))
 
 
+def preflight(settings: AgentSettings) -> None:
+    """Fail now if the preset cannot make an endpoint (a required API key is missing).
+
+    The endpoint is not asked: a local LLM server may well start after the agent.
+
+    Raises:
+        StartupError: With the cause and the fix.
+    """
+    from pipelines.checks import StartupError
+    from services.llm.presets import PRESETS, PresetError
+
+    try:
+        endpoint(settings)
+    except PresetError as exc:
+        key_env = PRESETS[settings.llm.preset].key_env
+        variable = key_env[0] if key_env else "the key variable"
+        raise StartupError(
+            str(exc),
+            f"export {variable}=... (or put it in .env), or pick a preset that needs no key: "
+            "--set llm.preset=local (embedded, CPU) or vllm / ollama / llamacpp",
+        ) from exc
+
+
 def checks(settings: AgentSettings) -> list[Check]:
     """Doctor checks: the preset resolves (key present) and the endpoint answers."""
-    from agent.doctor import Check, check_http_endpoint
+    from pipelines.checks import Check, check_http_endpoint
     from services.llm.presets import PresetError
 
     try:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 if TYPE_CHECKING:
-    from agent.config import AgentSettings
-    from agent.doctor import Check
+    from pipelines.checks import Check
+    from pipelines.settings import AgentSettings
     from services.asr.engine import EngineConfig
     from services.asr.nemotron_stt import NemotronSTTService
 
@@ -68,12 +68,49 @@ def build(settings: AgentSettings) -> NemotronSTTService:
     with _lock:
         ttfs = _measured_ttfs.get(_key(config), NEMOTRON_TTFS_P99)
     return NemotronSTTService(
-        engine_config=config, ttfs_p99_latency=ttfs, engine_process=settings.stt.engine_process
+        engine_config=config,
+        ttfs_p99_latency=ttfs,
+        engine_process=settings.stt.engine_process,
+        # Each speculative final at the VAD stop is an eager end of turn the LLM answers.
+        enable_eager_end_of_turn=settings.turn.speculative,
     )
 
 
+def preflight(settings: AgentSettings) -> None:
+    """Fail now, before a model loads, where start-up is sure to fail: no CUDA, no model file.
+
+    Raises:
+        StartupError: With the cause and the fix.
+    """
+    from pipelines.checks import check_device, check_model_source, require
+
+    require(check_device("stt.device", settings.stt.device))
+    require(check_model_source("stt.model", settings.stt.model))
+
+
+_LOAD_FIX = (
+    "set stt.model to an existing .nemo file or a reachable Hugging Face id of a cache-aware "
+    "model (voice-agent doctor checks it), or use --profile cpu"
+)
+
+
 def prewarm(settings: AgentSettings) -> None:
-    """Load the engine (with progress logs) and measure one final on it."""
+    """Load the engine (with progress logs) and measure one final on it.
+
+    Raises:
+        StartupError: The model could not be loaded (the loader's reason and what to do).
+    """
+    from pipelines.checks import StartupError
+    from services.asr.engine.loader import ModelLoadError
+    from services.asr.engine.process import EngineProcessError
+
+    try:
+        _prewarm(settings)
+    except (EngineProcessError, ModelLoadError) as exc:
+        raise StartupError(str(exc), _LOAD_FIX) from exc
+
+
+def _prewarm(settings: AgentSettings) -> None:
     from services.asr.engine import get_engine
     from services.asr.nemotron_stt import measure_finalize_latency
 
@@ -85,7 +122,7 @@ def prewarm(settings: AgentSettings) -> None:
     )
     started = time.perf_counter()
     if settings.stt.engine_process:
-        from agent.logs import setup_logging
+        from pipelines.logs import setup_logging
         from services.asr.engine import prespawn_engine_process
 
         # The model loads in the child now; the first session's event loop attaches to it.
@@ -114,7 +151,7 @@ def prewarm(settings: AgentSettings) -> None:
 
 def checks(settings: AgentSettings) -> list[Check]:
     """Doctor checks: NeMo importable, the model present, the device usable."""
-    from agent.doctor import Check, check_model, check_package
+    from pipelines.checks import Check, check_model, check_package
 
     found = [check_package("nemo.collections.asr", "nemo_toolkit[asr]")]
     found.append(check_model("stt.model", settings.stt.model))

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit, urlunsplit
 from loguru import logger
 
 if TYPE_CHECKING:
-    from agent.config import AgentSettings
-    from agent.doctor import Check
+    from pipelines.checks import Check
+    from pipelines.settings import AgentSettings
     from services.asr.remote_stt import RemoteNemotronSTTService
 
 
@@ -34,7 +34,12 @@ def build(settings: AgentSettings) -> RemoteNemotronSTTService:
     """A remote Nemotron STT service for one session."""
     from services.asr.remote_stt import RemoteNemotronSTTService
 
-    return RemoteNemotronSTTService(url=settings.stt.server_url, token=_token(settings))
+    return RemoteNemotronSTTService(
+        url=settings.stt.server_url,
+        token=_token(settings),
+        # Each speculative final at the VAD stop is an eager end of turn the LLM answers.
+        enable_eager_end_of_turn=settings.turn.speculative,
+    )
 
 
 def _get(url: str, token: str | None = None) -> tuple[int, str]:
@@ -59,7 +64,7 @@ def prewarm(settings: AgentSettings) -> None:
 
 def checks(settings: AgentSettings) -> list[Check]:
     """Doctor checks: the server is ready and accepts our token."""
-    from agent.doctor import Check
+    from pipelines.checks import Check
 
     base = http_base(settings.stt.server_url)
     try:

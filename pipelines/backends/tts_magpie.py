@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from agent.config import AgentSettings
-    from agent.doctor import Check
+    from pipelines.checks import Check
+    from pipelines.settings import AgentSettings
 
 
 def build(settings: AgentSettings):
@@ -35,13 +35,37 @@ def build(settings: AgentSettings):
     )
 
 
+def preflight(settings: AgentSettings) -> None:
+    """Fail now, before a model loads, where start-up is sure to fail: no CUDA, no model file.
+
+    Raises:
+        StartupError: With the cause and the fix.
+    """
+    from pipelines.checks import check_device, check_model_source, require
+
+    require(check_device("tts.device", settings.tts.device))
+    require(check_model_source("tts.model", settings.tts.model))
+
+
 async def prewarm(settings: AgentSettings) -> None:
-    """Load the model and synthesize once, so the first reply does not pay for it."""
+    """Load the model and synthesize once, so the first reply does not pay for it.
+
+    Raises:
+        StartupError: The model could not be loaded.
+    """
+    from pipelines.checks import StartupError
     from services.tts.magpie_engine import get_magpie_engine, speaker_index
 
     tts = settings.tts
     engine = get_magpie_engine(tts.model, tts.device)
-    await engine.load()
+    try:
+        await engine.load()
+    except RuntimeError as exc:  # what load() raises for a model it cannot load, with why
+        raise StartupError(
+            str(exc),
+            "set tts.model to an existing Magpie .nemo or a reachable Hugging Face id "
+            "(voice-agent doctor checks it), or use tts.backend = hibari",
+        ) from exc
     await engine.synthesize(
         "Hello.", language=tts.language, speaker=speaker_index(tts.voice), cfg_scale=tts.cfg_scale
     )
@@ -49,7 +73,7 @@ async def prewarm(settings: AgentSettings) -> None:
 
 def checks(settings: AgentSettings) -> list[Check]:
     """Doctor checks: NeMo's TTS collection, the model, and a note on CPU speed."""
-    from agent.doctor import Check, check_model, check_package
+    from pipelines.checks import Check, check_model, check_package
 
     found = [check_package("nemo", "nemo_toolkit[asr]")]
     found.append(check_model("tts.model", settings.tts.model))

@@ -14,8 +14,8 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from agent.config import AgentSettings
-    from agent.doctor import Check
+    from pipelines.checks import Check
+    from pipelines.settings import AgentSettings
 
 HOSTED_SERVER = "grpc.nvcf.nvidia.com"
 # NVIDIA's hosted Magpie TTS Multilingual deployment (from Pipecat's NvidiaTTSService default).
@@ -94,7 +94,7 @@ def build(settings: AgentSettings):
 
 def checks(settings: AgentSettings) -> list[Check]:
     """Doctor checks: the Riva client, the server, and a key for the hosted API."""
-    from agent.doctor import Check, check_package, check_tcp
+    from pipelines.checks import Check, check_package, check_tcp
 
     tts = settings.tts
     found = [

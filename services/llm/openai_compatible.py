@@ -10,25 +10,86 @@ llama.cpp, Ollama, hosted APIs). This subclass adds what a voice agent needs on 
   (reasoning a server returns separately, as ``reasoning_content``, is never spoken anyway);
 - model discovery (``GET /v1/models``) when no model is configured, retried until it works;
 - short connect timeouts, so a dead endpoint fails the turn quickly with an error and the
-  session carries on.
+  session carries on;
+- no silent turns: a reply that ends with nothing to say (an empty stream, only ``<think>``
+  text, a failed request) is logged with its session and what happened, and a short fallback
+  sentence is spoken instead (``fallback_reply``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from loguru import logger
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+from pipecat.frames.frames import LLMTextFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.services.openai.llm import OpenAILLMService
 
 from services.llm.think import ThinkStripper
 
+# Spoken when a reply comes back with nothing to say: a turn must never end in silence, or the
+# user cannot tell a lost reply from a slow one.
+DEFAULT_FALLBACK_REPLY = "Sorry, I lost my train of thought. Could you say that again?"
+
+
+@dataclass
+class _ReplyWatch:
+    """What one completion brought: streamed chunks, its finish reason, text in and out."""
+
+    chunks: int = 0
+    finish_reason: str | None = None
+    text_chars: int = 0
+    spoken_chars: int = 0
+    tool_calls: bool = False
+
+    def describe(self) -> str:
+        """Why nothing was spoken, in words for the log."""
+        if self.text_chars:
+            return (
+                f"{self.text_chars} characters of text, none speakable (only <think> text or "
+                f"whitespace), finish_reason={self.finish_reason}"
+            )
+        ended = (
+            f"finish_reason={self.finish_reason}"
+            if self.finish_reason
+            else "no finish_reason: the server closed the stream early"
+        )
+        return f"the stream had no text ({self.chunks} chunks, {ended})"
+
+
+class _WatchedStream:
+    """A chat completion stream that counts what passes through it for a :class:`_ReplyWatch`."""
+
+    def __init__(self, stream: Any, watch: _ReplyWatch):
+        self._stream = stream
+        self._watch = watch
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        async for chunk in self._stream:
+            self._watch.chunks += 1
+            choice = chunk.choices[0] if chunk.choices else None
+            if choice is not None:
+                self._watch.finish_reason = choice.finish_reason or self._watch.finish_reason
+                if choice.delta and choice.delta.tool_calls:
+                    self._watch.tool_calls = True
+            yield chunk
+
+    async def close(self) -> None:
+        close = getattr(self._stream, "close", None) or getattr(self._stream, "aclose", None)
+        if close is not None:
+            await close()
+
 
 class OpenAICompatibleLLMService(OpenAILLMService):
-    """``OpenAILLMService`` with a thinking toggle, ``<think>`` stripping and model discovery."""
+    """``OpenAILLMService`` with a thinking toggle, ``<think>`` stripping, model discovery and a
+    spoken fallback for replies with nothing to say."""
 
     def __init__(
         self,
@@ -43,6 +104,8 @@ class OpenAICompatibleLLMService(OpenAILLMService):
         max_retries: int = 1,
         ensure_server: Callable[[], Awaitable[Any]] | None = None,
         developer_role: bool = False,
+        fallback_reply: str | None = DEFAULT_FALLBACK_REPLY,
+        session_id: str | None = None,
         **kwargs,
     ):
         """Initialize the service.
@@ -65,6 +128,9 @@ class OpenAICompatibleLLMService(OpenAILLMService):
                 Pipecat adds (for example after a user-turn timeout). Only OpenAI's own API
                 does; llama.cpp answers HTTP 500, and the message would poison every later
                 request of the session, so by default such messages are sent as ``user``.
+            fallback_reply: Spoken when a reply has nothing to say (empty, only reasoning, or
+                the request failed before any text); None speaks nothing.
+            session_id: Names the session in log messages (the bot sets it per connection).
             **kwargs: Passed to ``OpenAILLMService`` (``base_url``, ``api_key``, ``settings``).
         """
         self._timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
@@ -78,6 +144,9 @@ class OpenAICompatibleLLMService(OpenAILLMService):
         self._discover_model = discover_model
         self._ensure_server = ensure_server
         self.supports_developer_role = developer_role
+        self.fallback_reply = fallback_reply
+        self.session_id = session_id
+        self._watch = _ReplyWatch()
 
     @property
     def thinking(self) -> bool | None:
@@ -130,7 +199,7 @@ class OpenAICompatibleLLMService(OpenAILLMService):
                 logger.info(f"{self}: using model {model} served at {self._client.base_url}")
                 self._settings.model = model
                 self._discover_model = False
-        return await super().get_chat_completions(context)
+        return _WatchedStream(await super().get_chat_completions(context), self._watch)
 
     def build_chat_completion_params(self, params_from_context) -> dict:
         """Add the thinking toggle to ``extra_body.chat_template_kwargs``."""
@@ -144,6 +213,19 @@ class OpenAICompatibleLLMService(OpenAILLMService):
         return params
 
     async def _process_context(self, context: LLMContext):
+        self._watch = watch = _ReplyWatch()
+        try:
+            await self._stream_reply(context)
+        except Exception as e:
+            # Re-raised: Pipecat still reports the error (an ErrorFrame); the user hears the
+            # fallback instead of silence.
+            if not watch.spoken_chars:
+                await self._speak_fallback(f"the request failed: {type(e).__name__}: {e}")
+            raise
+        if not watch.spoken_chars and not watch.tool_calls:
+            await self._speak_fallback(f"the reply was empty: {watch.describe()}")
+
+    async def _stream_reply(self, context: LLMContext) -> None:
         if self._stripper is None:
             await super()._process_context(context)
             return
@@ -153,12 +235,25 @@ class OpenAICompatibleLLMService(OpenAILLMService):
         finally:
             rest = self._stripper.flush()
         if rest.strip():
-            await super()._push_llm_text(rest)
+            await self._push_speakable(rest)
+
+    async def _speak_fallback(self, what: str) -> None:
+        session = f"session {self.session_id}" if self.session_id else "a session"
+        if self.fallback_reply:
+            logger.warning(f"{self} ({session}): {what}; speaking the fallback reply")
+            await self.push_frame(LLMTextFrame(self.fallback_reply))
+        else:
+            logger.warning(f"{self} ({session}): {what}; nothing is spoken this turn")
 
     async def _push_llm_text(self, text: str):
+        self._watch.text_chars += len(text)
         if self._stripper is None:
-            await super()._push_llm_text(text)
+            await self._push_speakable(text)
             return
         speakable = self._stripper.feed(text)
         if speakable:
-            await super()._push_llm_text(speakable)
+            await self._push_speakable(speakable)
+
+    async def _push_speakable(self, text: str) -> None:
+        self._watch.spoken_chars += len(text.strip())
+        await super()._push_llm_text(text)

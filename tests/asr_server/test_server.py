@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.error
@@ -275,53 +276,24 @@ async def test_shutdown_tells_clients_and_closes_1001(start_server):
     assert client.last_error["code"] == P.E_SHUTTING_DOWN
 
 
-class StalledEngine:
-    """FAKE engine (named as such): takes audio but never finishes a final, as an engine that
-    has fallen far behind real time. A real overload cannot be produced on demand in a test."""
-
-    sample_rate = 16000
-
-    class Stream:
-        def __init__(self) -> None:
-            self.id = "stalled"
-            self.closed = asyncio.Event()
-
-        def push_audio(self, pcm) -> None:
-            pass
-
-        async def events(self):
-            await self.closed.wait()
-            return
-            yield
-
-        async def finalize(self):
-            await asyncio.Event().wait()
-
-        def reset(self) -> None:
-            pass
-
-        def close(self) -> None:
-            self.closed.set()
-
-    def open_stream(self, on_event=None):
-        return self.Stream()
-
-    def stats(self) -> dict:
-        return {"live_streams": 0}
-
-
-async def test_final_timeouts_shed_the_stream_and_refuse_new_ones():
-    from services.asr.server import ASRServer, ServerConfig
-
-    srv = ASRServer(
-        StalledEngine(),
-        ServerConfig(port=0, finalize_timeout=0.2, overload_hold_s=1.0, shed_after_timeouts=2),
-    )
-    await srv.start()
+@contextlib.asynccontextmanager
+async def stalled(engine):
+    """Hold the real engine's scheduler between ticks, as an engine fallen far behind real
+    time: audio is taken, but no step runs and no final comes back until the block ends."""
+    lock = engine._tick_lock
+    await asyncio.to_thread(lock.acquire)  # waits out a tick in flight, off the event loop
     try:
-        events: list[dict] = []
-        client = ASRClient(srv.url, on_event=events.append)
-        await client.connect()
+        yield
+    finally:
+        lock.release()
+
+
+async def test_final_timeouts_shed_the_stream_and_refuse_new_ones(start_server, tiny_engine):
+    srv = await start_server(finalize_timeout=0.2, overload_hold_s=1.0, shed_after_timeouts=2)
+    events: list[dict] = []
+    client = ASRClient(srv.url, on_event=events.append)
+    await client.connect()
+    async with stalled(tiny_engine):
         await client.send_audio(speechlike_pcm(0.2))
         with pytest.raises(ASRServerError):
             await client.finalize()
@@ -336,9 +308,13 @@ async def test_final_timeouts_shed_the_stream_and_refuse_new_ones():
         assert await wait_for(lambda: client.closed.is_set())
         assert client.close_code == P.CLOSE_TRY_AGAIN_LATER
         assert any(e.get("code") == P.E_OVERLOADED for e in events)
-        assert await wait_for(lambda: not srv.overloaded, timeout=3)
-        again = ASRClient(srv.url)
-        await again.connect()  # accepted again once the engine has had time to recover
-        await again.close()
+    # The engine runs again: once the hold is over, streams are accepted and transcribed.
+    assert await wait_for(lambda: not srv.overloaded, timeout=3)
+    again = ASRClient(srv.url)
+    await again.connect()
+    try:
+        await again.send_audio(speechlike_pcm(1.0))
+        final = await again.finalize(timeout=10)
+        assert final["text"]
     finally:
-        await srv.stop()
+        await again.close()

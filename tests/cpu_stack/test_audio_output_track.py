@@ -4,13 +4,14 @@ silence in the middle of the bot's speech (Pipecat's own track does)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import numpy as np
 import pytest
 from pipecat.transports.smallwebrtc.transport import RawAudioTrack
 
-from agent.webrtc_tuning import ONSET_BURST_FRAMES, LookaheadAudioTrack, keep_audio_output_fed
+from agent.webrtc_tuning import ONSET_BURST_FRAMES, LookaheadAudioTrack, audio_output_kept_fed
 
 RATE = 24000
 CHUNK_MS = 40  # what Pipecat's output transport writes at a time
@@ -75,13 +76,65 @@ async def test_a_write_returns_once_the_write_before_it_is_sent():
     assert second.done()
 
 
-def test_the_transport_builds_the_lookahead_track():
-    from pipecat.transports.smallwebrtc import transport
+@pytest.mark.timeout(60)
+async def test_the_transport_sends_the_bots_audio_through_the_lookahead_track():
+    """A real SmallWebRTC session: the track the bot's audio leaves by is the lookahead one."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import MediaStreamError
+    from pipecat.frames.frames import OutputAudioRawFrame
+    from pipecat.transports.base_transport import TransportParams
+    from pipecat.transports.smallwebrtc import transport as smallwebrtc
+    from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
 
-    keep_audio_output_fed()
-    keep_audio_output_fed()
-    assert transport.RawAudioTrack is LookaheadAudioTrack
-    transport.RawAudioTrack = RawAudioTrack  # leave other tests Pipecat's own
+    from tests.e2e.agent_process import webrtc_host_address
+    from tests.stt.harness import LivePipeline
+
+    if webrtc_host_address() is None:
+        pytest.skip("aiortc peers need an IPv4 address other than 127.x (scripts/test.sh)")
+    client = RTCPeerConnection()
+    received: list[np.ndarray] = []
+
+    @client.on("track")
+    def _on_track(track):
+        async def record():
+            with contextlib.suppress(MediaStreamError):
+                while True:
+                    received.append((await track.recv()).to_ndarray())
+
+        asyncio.ensure_future(record())
+
+    client.addTransceiver("audio", direction="sendrecv")
+    await client.setLocalDescription(await client.createOffer())
+    try:
+        with audio_output_kept_fed():
+            connection = SmallWebRTCConnection()
+            await connection.initialize(sdp=client.localDescription.sdp, type="offer")
+            answer = connection.get_answer()
+            await client.setRemoteDescription(
+                RTCSessionDescription(sdp=answer["sdp"], type=answer["type"])
+            )
+            bot = smallwebrtc.SmallWebRTCTransport(
+                connection, TransportParams(audio_in_enabled=True, audio_out_enabled=True)
+            )
+            connected = asyncio.Event()
+
+            @bot.event_handler("on_client_connected")
+            async def _connected(_transport, _client):
+                connected.set()
+
+            async with LivePipeline([bot.input(), bot.output()]) as live:
+                await asyncio.wait_for(connected.wait(), 30)
+                sending = connection.pc.getTransceivers()[0].sender.track
+                assert type(sending) is LookaheadAudioTrack
+                # And the bot's audio reaches the peer through it.
+                await live.send(OutputAudioRawFrame(tone(200), RATE, 1))
+                assert await live.wait_for(
+                    lambda: any(np.abs(f).max() > 100 for f in received), timeout=10
+                )
+    finally:
+        await client.close()
+    # Outside the block, Pipecat's transport builds its own track again.
+    assert smallwebrtc.RawAudioTrack is RawAudioTrack
 
 
 def _due(track: LookaheadAudioTrack) -> float:

@@ -161,3 +161,31 @@ def test_bench_stage_times_and_summary():
     meta = {"target": "t", "hardware": {"cpu": "c", "logical_cpus": 2}}
     table = bench.format_table(summary, meta)
     assert "| 1500 | 1500 | 1500 | 1500 |" in table
+
+
+def test_bench_sessions_are_summarized_each_and_together():
+    bench = load_script("bench_v2v")
+
+    def record(session: int, v2v: float | None, warmup: bool = False) -> dict:
+        return {"session": session, "warmup": warmup, "voice_to_voice_secs": v2v, "stages": None}
+
+    records = [
+        record(0, 9.0, warmup=True),
+        *(record(0, v) for v in (1.0, 2.0, 3.0)),
+        *(record(1, v) for v in (4.0, None, 6.0)),
+    ]
+    summary = bench.build_summary(records)
+    assert summary["turns"] == 6 and summary["answered"] == 5
+    first, second = summary["sessions"]["0"], summary["sessions"]["1"]
+    assert (first["turns"], first["answered"]) == (3, 3)
+    assert first["voice_to_voice"]["p50"] == pytest.approx(2.0)  # warm-up left out
+    assert (second["turns"], second["answered"]) == (3, 2)
+    assert second["voice_to_voice"]["p50"] == pytest.approx(5.0)
+    assert summary["voice_to_voice"]["p50"] == pytest.approx(3.0)
+    assert summary["voice_to_voice"]["p90"] == pytest.approx(5.2)
+    table = bench.format_table(summary, {"target": "t", "hardware": {"cpu": "c"}})
+    assert table.startswith("2 sessions at once.")
+    assert "| session 1 | 3 | 2 | 5000 | 5800 | 5980 | 5000 |" in table
+    assert "| **all sessions** | 6 | 5 | 3000 | 5200 |" in table
+    args = bench.parse_args(["--sessions", "4", "--turns", "8"])
+    assert (args.sessions, args.turns) == (4, 8)

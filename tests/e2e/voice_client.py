@@ -242,9 +242,8 @@ class VoiceClient:
         import aiohttp
         from aiortc import RTCPeerConnection, RTCSessionDescription
 
-        from agent.webrtc_tuning import reduce_audio_receive_latency
+        from agent.webrtc_tuning import audio_receive_latency_reduced
 
-        reduce_audio_receive_latency()
         pc = self._pc = RTCPeerConnection()
         dc = self._dc = pc.createDataChannel("chat", ordered=True)
         dc_open = asyncio.Event()
@@ -273,7 +272,10 @@ class VoiceClient:
             if track.kind == "audio":
                 self._tasks.append(asyncio.create_task(self._record(track)))
 
-        pc.addTransceiver(self.mic, direction="sendrecv")
+        # The receiver is built here and keeps the agent's low-latency buffer; nothing else in
+        # this process (another test's peer) is changed.
+        with audio_receive_latency_reduced():
+            pc.addTransceiver(self.mic, direction="sendrecv")
         # aiortc gathers every candidate inside setLocalDescription: no trickle needed.
         await pc.setLocalDescription(await pc.createOffer())
         async with aiohttp.ClientSession() as http:

@@ -121,7 +121,10 @@ def test_json_and_bool_values_from_env(toml):
     ("overrides", "expected"),
     [
         ({"stt.chunk_ms": "100"}, ["stt.chunk_ms = 100", "80, 160, 560 or 1120"]),
-        ({"transport.type": "carrier-pigeon"}, ["transport.type", "'webrtc' or 'daily'"]),
+        (
+            {"transport.type": "carrier-pigeon"},
+            ["transport.type", "'webrtc', 'daily', 'twilio', 'telnyx', 'plivo' or 'exotel'"],
+        ),
         ({"vad.stop_secs": "-1"}, ["vad.stop_secs = -1", "greater than 0"]),
         ({"stt.device": "tpu"}, ["stt.device = 'tpu'", "'cuda:N'"]),
         ({"llm.colour": "blue"}, ["llm.colour", "unknown key", "temperature"]),

@@ -57,21 +57,51 @@ def settings_for(stt: str, tts: str, llm: str, base_url: str = "http://127.0.0.1
     return load_config(profile="cpu", overrides=overrides, env={}, dotenv_path=None).settings
 
 
+def expected_class(capability: str, name: str) -> type:
+    """The class a config name must build, written out here, independent of the registry."""
+    if capability == "stt":
+        from pipecat.services.whisper.stt import WhisperSTTService
+
+        return {"whisper": WhisperSTTService}[name]
+    if capability == "llm":
+        from services.llm.openai_compatible import OpenAICompatibleLLMService
+
+        return OpenAICompatibleLLMService
+    if name == "magpie-nim":
+        from pipecat.services.nvidia.tts import NvidiaTTSService
+
+        return NvidiaTTSService
+    if name == "hibari":
+        from services.tts.hibari import HibariTTSService
+
+        return HibariTTSService
+    from services.tts.piper import PiperTTSService
+
+    return {"piper": PiperTTSService}[name]
+
+
 @pytest.mark.parametrize(
     ("stt", "tts", "llm"), list(itertools.product(RUNNABLE_STT, RUNNABLE_TTS, OFFLINE_LLM_PRESETS))
 )
 async def test_assembly_for_each_backend_combination(stt, tts, llm):
     settings = settings_for(stt, tts, llm)
     voice = await build_voice_pipeline(settings)
-    processors = voice.pipeline.processors
-    kinds = [type(p) for p in processors]
     # Pipeline wraps the list with its own source and sink.
-    inner = kinds[1:-1]
-    assert inner[0] is type(voice.services.stt)
-    assert issubclass(inner[1], LLMUserAggregator)
-    assert inner[2] is type(voice.services.llm)
-    assert inner[3] is type(voice.services.tts)
-    assert issubclass(inner[4], LLMAssistantAggregator)
+    inner = voice.pipeline.processors[1:-1]
+    assert len(inner) == 5
+    # Each slot holds the class the config names: a config asking for piper gets piper.
+    assert isinstance(inner[0], expected_class("stt", stt))
+    assert type(inner[0]).__name__ == "SharedWhisperSTTService"  # the shared-model subclass
+    assert isinstance(inner[1], LLMUserAggregator)
+    assert type(inner[2]) is expected_class("llm", llm)
+    assert type(inner[3]) is expected_class("tts", tts)
+    assert isinstance(inner[4], LLMAssistantAggregator)
+    # The LLM talks to the configured endpoint and model, whatever the preset's default.
+    assert str(inner[2]._client.base_url).rstrip("/") == "http://127.0.0.1:9/v1"
+    assert inner[2]._settings.model == "scripted"
+    # And the processors are the session's services, in order.
+    services = voice.services
+    assert inner[0] is services.stt and inner[2] is services.llm and inner[3] is services.tts
     assert voice.context.get_messages() == []
 
 

@@ -9,6 +9,7 @@ from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
 from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
 
 from agent.config import ConfigError
+from pipelines.turns import SpeculativeTurnStopStrategy, TextAwareTurnStopStrategy
 from pipelines.voice import build_smart_turn, build_turn_strategies
 from tests.support.settings import section_settings
 
@@ -36,8 +37,13 @@ def test_an_incomplete_turn_ends_after_the_configured_silence(value, expected):
 
 
 def test_smart_turn_is_the_default_stop_strategy():
+    # Smart Turn (with the transcript's verdict, pipelines/turns.py) decides the turn end; by
+    # default it confirms speculative answers, and with turn.speculative off it ends turns alone.
     strategies = build_turn_strategies(section_settings("turn"))
-    assert [type(s) for s in strategies.stop] == [TurnAnalyzerUserTurnStopStrategy]
+    assert [type(s) for s in strategies.stop] == [SpeculativeTurnStopStrategy]
+    assert isinstance(strategies.stop[0].detector, TurnAnalyzerUserTurnStopStrategy)
+    plain = build_turn_strategies(section_settings("turn", speculative="false"))
+    assert [type(s) for s in plain.stop] == [TextAwareTurnStopStrategy]
 
 
 def test_a_timeout_out_of_range_is_refused():

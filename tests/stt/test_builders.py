@@ -94,12 +94,15 @@ async def test_prewarm_loads_the_engine_process_that_sessions_attach_to(tiny_nem
 
 def test_prewarm_fails_at_start_up_when_the_engine_process_cannot_load(tmp_path):
     from pipelines.backends import stt_nemotron
+    from pipelines.checks import StartupError
     from services.asr.engine.process import EngineProcessError, _prespawned
 
     missing = tmp_path / "missing.nemo"
     settings = settings_with(backend="nemotron", model=str(missing), device="cpu")
-    with pytest.raises(EngineProcessError, match="failed to start"):
+    # The CLI prints a StartupError as one message with its fix (tests/lifecycle).
+    with pytest.raises(StartupError, match="failed to start.*missing.nemo") as info:
         stt_nemotron.prewarm(settings)
+    assert isinstance(info.value.__cause__, EngineProcessError)
     # A session would not attach to it: it starts a new process instead.
     assert _prespawned.pop(stt_nemotron.engine_config(settings)).is_shutdown
 

@@ -22,6 +22,9 @@ class FakeOpenAIServer:
         served_model: What ``/v1/models`` lists.
         chunks: Content pieces streamed for each completion.
         reasoning: ``reasoning_content`` pieces streamed first (vLLM's reasoning parser style).
+        finish: The last chunk's ``finish_reason``; None ends the stream without one (as
+            llama.cpp's server does when it cuts a completion short).
+        error_status: Answer every completion with this HTTP error instead (None: stream).
         requests: Bodies of received chat completion requests.
         headers: Headers of received chat completion requests.
     """
@@ -30,6 +33,8 @@ class FakeOpenAIServer:
     served_model: str = "served/model-x"
     chunks: list[str] = field(default_factory=lambda: ["Hello", " there."])
     reasoning: list[str] = field(default_factory=list)
+    finish: str | None = "stop"
+    error_status: int | None = None
     requests: list[dict] = field(default_factory=list)
     headers: list[dict] = field(default_factory=list)
     model_lists: int = 0
@@ -64,6 +69,11 @@ class FakeOpenAIServer:
         body = await request.json()
         self.requests.append(body)
         self.headers.append(dict(request.headers))
+        if self.error_status is not None:
+            return web.json_response(
+                {"error": {"message": "scripted failure", "type": "server_error"}},
+                status=self.error_status,
+            )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         model = body.get("model", "")
@@ -72,7 +82,8 @@ class FakeOpenAIServer:
             await response.write(_chunk(model, {"reasoning_content": piece}))
         for piece in self.chunks:
             await response.write(_chunk(model, {"content": piece}))
-        await response.write(_chunk(model, {}, finish="stop"))
+        if self.finish is not None:
+            await response.write(_chunk(model, {}, finish=self.finish))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from pipecat.processors.filters.identity_filter import IdentityFilter
 
 from agent.config import load_config
 from pipelines import registry
@@ -55,14 +54,19 @@ def test_toml_file_selects_the_tts_backend(tmp_path):
     assert settings.tts.backend == "magpie-nim"
 
 
-async def test_pipeline_services_follow_the_config(monkeypatch):
-    """What the bot builds for a session: STT stubbed, LLM and TTS from config."""
-    from pipelines.voice import build_services
+async def test_pipeline_services_follow_the_config():
+    """What the bot builds for a session: the cpu profile's real Whisper STT, LLM and TTS from
+    config."""
+    pytest.importorskip("faster_whisper")
+    pytest.importorskip("hibari")
+    from pipecat.services.nvidia.tts import NvidiaTTSService
+    from pipecat.services.whisper.stt import WhisperSTTService
 
-    monkeypatch.setitem(registry.STT_BACKENDS, "stub", f"{__name__}:_stub_stt")
-    monkeypatch.setitem(registry.REGISTRIES["stt"], "stub", f"{__name__}:_stub_stt")
+    from pipelines.voice import build_services
+    from services.tts.hibari import HibariTTSService
+
     base = {
-        "VOICE_AGENT_STT__BACKEND": "stub",
+        "VOICE_AGENT_STT__BACKEND": "whisper",
         "VOICE_AGENT_LLM__BASE_URL": "http://127.0.0.1:9/v1",
         "VOICE_AGENT_LLM__MODEL": "m",
     }
@@ -76,11 +80,9 @@ async def test_pipeline_services_follow_the_config(monkeypatch):
             {**base, "VOICE_AGENT_TTS__BACKEND": "hibari", "VOICE_AGENT_LLM__PRESET": "ollama"}
         )
     )
-    assert type(first.tts).__name__ == "NvidiaTTSService"
-    assert type(second.tts).__name__ == "HibariTTSService"
+    assert isinstance(first.stt, WhisperSTTService) and isinstance(second.stt, WhisperSTTService)
+    assert type(first.tts) is NvidiaTTSService
+    assert type(second.tts) is HibariTTSService
     assert str(first.llm._client.base_url).startswith("http://127.0.0.1:9/v1")
+    assert str(second.llm._client.base_url).startswith("http://127.0.0.1:9/v1")
     assert first.llm._settings.model == "m" and second.llm._settings.model == "m"
-
-
-def _stub_stt(settings):
-    return IdentityFilter()

@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
+import os
 import socket
 import time
 import weakref
@@ -32,6 +33,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
+
+from services.lifetime import on_lasting_thread, run_as_child
 
 from . import wire
 from .config import EngineConfig
@@ -151,13 +154,16 @@ class EngineProcess:
         """
         pairs = [socket.socketpair() for _ in range(1 + extra_connections)]
         context = multiprocessing.get_context("spawn")
+        socks = [theirs for _, theirs in pairs]
         self._process = context.Process(
-            target=run_engine_worker,
-            args=(self.config, [theirs for _, theirs in pairs], self._init, self._torch_threads),
+            # The child dies with this process, even one killed with SIGKILL.
+            target=run_as_child,
+            args=(os.getpid(), run_engine_worker, self.config, socks, self._init),
+            kwargs={"torch_threads": self._torch_threads},
             name="asr-engine",
             daemon=True,
         )
-        self._process.start()
+        on_lasting_thread(self._process.start)
         for _, theirs in pairs:
             theirs.close()
         self._spawned_sock = pairs[0][0]
@@ -408,9 +414,10 @@ def _is_ready(ops: list[tuple] | None) -> bool:
 
 def _start_failure(ops: list[tuple] | None, exit_code: int | None) -> str:
     """Why the child did not become ready: its own reason when it sent one."""
-    reason = ops[0][1] if ops and ops[0][0] == "fatal" else "it exited"
+    if ops and ops[0][0] == "fatal":
+        return f"the ASR engine process failed to start: {ops[0][1]}"
     return (
-        f"the ASR engine process failed to start: {reason} (exit code {exit_code}); "
+        f"the ASR engine process failed to start: it exited (exit code {exit_code}); "
         "see the log above"
     )
 

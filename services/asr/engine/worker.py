@@ -14,6 +14,7 @@ import os
 import queue
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -49,9 +50,17 @@ def run_engine_worker(
             torch.set_num_threads(torch_threads)
         engine = ASREngine(config)
     except BaseException as exc:  # report why, so the front ends can tell the user
-        logger.exception("ASR engine failed to start")
+        loader = sys.modules.get(f"{__package__}.loader")  # not loaded: not a ModelLoadError
+        if loader is not None and isinstance(exc, loader.ModelLoadError):
+            # The user's to fix, and its message says how; the front end reports it, so a
+            # traceback here would only bury it (kept for DEBUG).
+            logger.debug("ASR engine failed to start", exc_info=True)
+            reason = str(exc)
+        else:
+            logger.exception("ASR engine failed to start")
+            reason = f"{type(exc).__name__}: {exc}"
         for sock in socks:
-            _send_now(sock, [("fatal", f"{type(exc).__name__}: {exc}")])
+            _send_now(sock, [("fatal", reason)])
         return
     fronts: dict[int, dict] = {}  # front end -> its latest counters, for every /metrics
     threads = [
