@@ -178,7 +178,7 @@ class NemotronSTTService(CacheAwareSTTService):
         if stream is None:
             return None
         event = await stream.finalize()
-        return BackendTranscript(event.text, (stream.id, event.utterance))
+        return BackendTranscript(event.text, (stream.id, event.utterance), event.words)
 
     async def _backend_reset(self) -> None:
         if self._stream is None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from loguru import logger
 
+from services.asr.engine.events import WordTiming
 from services.asr.server.client import ASRClient, ASRRejectedError
 from services.asr.server.protocol import BYTES_PER_SECOND, E_SHUTTING_DOWN
 from services.asr.stt_base import BackendTranscript, CacheAwareSTTService, CacheAwareSTTSettings
@@ -252,7 +253,9 @@ class RemoteNemotronSTTService(CacheAwareSTTService):
             raise TimeoutError(
                 f"no final from the ASR server within {self._finalize_timeout:g} s"
             ) from None
-        return BackendTranscript(str(event.get("text", "")), (epoch, event.get("utterance")))
+        return BackendTranscript(
+            str(event.get("text", "")), (epoch, event.get("utterance")), _words(event)
+        )
 
     async def _backend_reset(self) -> None:
         if not self._connected.is_set():
@@ -261,3 +264,22 @@ class RemoteNemotronSTTService(CacheAwareSTTService):
         self._outbox_ready.set()
         self._utterance += 1
         self._set_utterance((self._epoch, self._utterance))
+
+
+def _words(event: dict) -> tuple[WordTiming, ...] | None:
+    """A final's word times, moved from the connection clock to the utterance's own."""
+    words = event.get("words")
+    if not isinstance(words, list):
+        return None
+    origin = float(event.get("audio_start_s") or 0.0)
+    try:
+        return tuple(
+            WordTiming(
+                str(w["word"]),
+                round(float(w["start_s"]) - origin, 4),
+                round(float(w["end_s"]) - origin, 4),
+            )
+            for w in words
+        )
+    except (KeyError, TypeError, ValueError):  # a server of another version: text only
+        return None

@@ -50,6 +50,7 @@ from pipecat.turns.eager_end_of_turn_mixin import EagerEndOfTurnSTTServiceMixin
 from pipecat.utils.time import time_now_iso8601
 from pipecat.utils.types import NOT_GIVEN, NotGiven
 
+from services.asr.engine.events import WordTiming
 from services.asr.server.metrics import quantile
 
 # Speech end -> finalized transcript, p99, announced until measured: VAD stop_secs 0.2 (what
@@ -81,14 +82,21 @@ class CacheAwareSTTSettings(STTSettings):
 class BackendTranscript:
     """A backend's text of one utterance.
 
+    Finalized ``TranscriptionFrame``s carry the final one as their ``result``, so a consumer
+    (captions, an interrupted reply) can read when each word was said; its ``text`` is the
+    whole utterance, the frame's text only the part not pushed before.
+
     Parameters:
         text: The whole utterance so far.
         key: Identifies the utterance (stream/connection and utterance index); results whose
             key is not the current one belong to an utterance already accepted or lost.
+        words: Finals: every word of the utterance with its start and end, in seconds from
+            the utterance's first sample (None on partials, or when the backend has none).
     """
 
     text: str
     key: Hashable
+    words: tuple[WordTiming, ...] | None = None
 
 
 def unsent_suffix(committed: str, full: str) -> str:
@@ -373,6 +381,7 @@ class CacheAwareSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
                         self._user_id,
                         time_now_iso8601(),
                         self._language_enum(),
+                        result=result,
                         finalized=True,
                     )
                 )

@@ -55,6 +55,11 @@ async def test_interim_and_one_finalized_transcript_per_turn(tiny_engine):
     assert interims, "partial text while the user speaks"
     assert len(finals) == 1 and finals[0].finalized and finals[0].text
     assert finals[0].text.startswith(interims[-1].text[:20])
+    # The result holds the whole utterance's words with their times, in order.
+    words = finals[0].result.words
+    assert words and " ".join(w.word for w in words) == finals[0].result.text.strip()
+    assert [w.start_s for w in words] == sorted(w.start_s for w in words)
+    assert 0 <= words[0].start_s < words[-1].end_s <= 1.5 + 0.4
     # Audio passes through for the user aggregator's VAD; the VAD frames go on too.
     assert len([f for f in down if isinstance(f, InputAudioRawFrame)]) == 75
     assert any(isinstance(f, VADUserStoppedSpeakingFrame) for f in down)

@@ -113,3 +113,24 @@ async def test_no_server_yet_then_it_comes_up(start_server):
         assert await live.wait_for(lambda: stt.connected, timeout=5)
         await speak(live)
         assert await live.wait_for(lambda: live.of(TranscriptionFrame))
+
+
+async def test_final_frames_carry_the_words_and_their_times(server, tiny_engine):
+    """The finalized frame's ``result`` holds every word with its times on the utterance clock,
+    the same as the engine gives in process for the same audio."""
+    stt = RemoteNemotronSTTService(url=server.url)
+    pcm = speechlike_pcm(1.5, seed=5)
+    async with LivePipeline([stt]) as live:
+        await live.send(VADUserStartedSpeakingFrame())
+        await live.send_audio(pcm, speed=4)
+        await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        assert await live.wait_for(lambda: live.of(TranscriptionFrame))
+    final = live.of(TranscriptionFrame)[0]
+    stream = tiny_engine.open_stream()
+    try:
+        stream.push_audio(pcm)
+        reference = await stream.finalize()
+    finally:
+        stream.close()
+    assert reference.words and final.result.words == reference.words
+    assert final.result.text == reference.text
