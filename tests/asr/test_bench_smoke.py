@@ -32,3 +32,19 @@ def test_bench_asr_smoke(tmp_path, monkeypatch, capsys):
     assert report["engine_vs_engine-nemo"]["flop_ratio"]["4"] > 1
     assert (tmp_path / "bench_asr.png").exists()
     assert "capacity" in capsys.readouterr().out
+
+
+def test_bench_engine_cpu_smoke(tmp_path, monkeypatch, capsys):
+    script = SCRIPT.parent / "bench_engine_cpu.py"
+    spec = importlib.util.spec_from_file_location("bench_engine_cpu", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["bench_engine_cpu.py", "--batches", "4,16", "--ticks", "2", "--fake-step-ms", "5"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path)])
+    assert bench.main() == 0
+    report = json.loads((tmp_path / "bench_engine_cpu.json").read_text())
+    rows = {r["batch"]: r for r in report["results"]}
+    assert set(rows) == {4, 16}
+    # The fake step is inside the tick; what is left is the engine's own CPU work.
+    assert all(r["tick_ms"] >= 5 and r["visible_cpu_us_per_row"] > 0 for r in rows.values())
+    assert "visible CPU us/row" in capsys.readouterr().out
