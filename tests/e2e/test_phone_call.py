@@ -203,7 +203,8 @@ async def test_call_gets_a_spoken_answer(
     try:
         spoken = await call.say(line_audio(question.path))
         answered = await call.wait_for(lambda: call.voiced_media(spoken.speech_end_at), 60)
-        await call.wait_quiet(1.5, 40)
+        # Quiet for 3 s: a loaded machine can pause that long between two synthesized sentences.
+        await call.wait_quiet(3.0, 40)
     finally:
         await call.hang_up()
 
@@ -251,7 +252,8 @@ async def test_caller_speaking_over_the_answer_gets_clear(
         llm.script.text = AFTER_BARGE_IN_REPLY
         barge = await call.say(line_audio(barge_in.path))
         second = await call.wait_for(lambda: call.voiced_media(barge.speech_end_at), 60)
-        await call.wait_quiet(1.5, 40)
+        # Quiet for 3 s: a loaded machine can pause that long between two synthesized sentences.
+        await call.wait_quiet(3.0, 40)
     finally:
         await call.hang_up()
 
