@@ -20,6 +20,17 @@ SR = 16000
 torch.set_num_threads(1)
 
 
+def make_joint_emit(model, generator: torch.Generator | None = None) -> None:
+    """Make a random model's joint emit text: a wider output layer, blank biased to +3."""
+    with torch.no_grad():
+        out = model.joint.joint_net[-1]
+        torch.nn.init.normal_(out.weight, std=1.0, generator=generator)
+        out.bias.zero_()
+        out.bias[model.decoder.blank_idx] = 3.0
+        model.joint.enc.weight.mul_(3.0)
+        model.joint.pred.weight.mul_(3.0)
+
+
 @pytest.fixture(scope="session")
 def tiny_nemo(tmp_path_factory) -> str:
     """Path of a tiny random-weight model saved with ``save_to`` (loaded like the real one).
@@ -31,13 +42,7 @@ def tiny_nemo(tmp_path_factory) -> str:
     streaming == offline checks need.
     """
     model = build_model("tiny", seed=0)
-    with torch.no_grad():
-        out = model.joint.joint_net[-1]
-        torch.nn.init.normal_(out.weight, std=1.0)
-        out.bias.zero_()
-        out.bias[model.decoder.blank_idx] = 3.0
-        model.joint.enc.weight.mul_(3.0)
-        model.joint.pred.weight.mul_(3.0)
+    make_joint_emit(model)
     path = tmp_path_factory.mktemp("asr") / "tiny_rnnt.nemo"
     model.save_to(str(path))
     return str(path)

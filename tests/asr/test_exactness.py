@@ -12,7 +12,7 @@ import torch
 
 from services.asr.engine import TranscriptEvent
 
-from .conftest import SR, Offline, babble, live_steps_for, wait_until
+from .conftest import SR, Offline, babble, live_steps_for, make_joint_emit, wait_until
 
 CHUNK_FOR_R = {0: 80, 1: 160, 6: 560, 13: 1120}
 ATOL = 1e-4  # DESIGN.md measured ~1.5e-6; batching and CPU kernels may add a little
@@ -318,12 +318,7 @@ def other_arch_nemo(tmp_path_factory) -> str:
             if isinstance(mod, torch.nn.BatchNorm1d):
                 mod.running_mean.normal_(0, 0.2, generator=gen)
                 mod.running_var.uniform_(0.5, 1.5, generator=gen)
-        out = model.joint.joint_net[-1]
-        torch.nn.init.normal_(out.weight, std=1.0, generator=gen)
-        out.bias.zero_()
-        out.bias[model.decoder.blank_idx] = 3.0
-        model.joint.enc.weight.mul_(3.0)
-        model.joint.pred.weight.mul_(3.0)
+    make_joint_emit(model, gen)
     path = tmp_path_factory.mktemp("other") / "other_arch.nemo"
     model.save_to(str(path))
     return str(path)

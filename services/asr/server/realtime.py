@@ -528,26 +528,18 @@ class RealtimeConnection(_Connection):
             event["words"] = words  # our extension: when each word was said
         self.send(event)
 
-    async def _forward_partials(self) -> None:
-        try:
-            async for ev in self.stream.events():
-                if getattr(ev, "is_final", False) or ev.utterance != self.utterance:
-                    continue
-                self.server.counters.partial_latency.append(float(ev.latency_s or 0.0))
-                # Deltas only append; a revision of earlier words waits for the completed text.
-                if ev.text.startswith(self.sent_text) and len(ev.text) > len(self.sent_text):
-                    delta, self.sent_text = ev.text[len(self.sent_text) :], ev.text
-                    self.send(
-                        self.event(
-                            "conversation.item.input_audio_transcription.delta",
-                            item_id=self._item(),
-                            content_index=0,
-                            delta=delta,
-                        )
-                    )
-        except Exception as exc:
-            if self.stream_closed:
-                return
-            logger.exception("realtime connection %d: engine stream failed", self.id)
-            self.send(self.error_event(P.E_ENGINE, f"engine stream failed: {exc}", fatal=True))
-            await self._close_after_flush(P.CLOSE_INTERNAL, "engine error")
+    def on_partial(self, ev: Any) -> None:
+        """A partial of the current item as a delta: only appended text is sent (a revision of
+        earlier words is left to the ``completed`` transcript)."""
+        if ev.utterance != self.utterance:
+            return
+        if ev.text.startswith(self.sent_text) and len(ev.text) > len(self.sent_text):
+            delta, self.sent_text = ev.text[len(self.sent_text) :], ev.text
+            self.send(
+                self.event(
+                    "conversation.item.input_audio_transcription.delta",
+                    item_id=self._item(),
+                    content_index=0,
+                    delta=delta,
+                )
+            )

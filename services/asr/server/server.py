@@ -636,13 +636,17 @@ class _Connection:
             )
             self._close_soon(P.CLOSE_TRY_AGAIN_LATER, "overloaded")
 
+    def on_partial(self, ev: Any) -> None:
+        """Send one of the engine's partial transcripts (this protocol: a ``partial`` event)."""
+        self.send(self._to_event("partial", ev))
+
     async def _forward_partials(self) -> None:
         try:
             async for ev in self.stream.events():
                 if getattr(ev, "is_final", False):
                     continue
                 self.server.counters.partial_latency.append(float(ev.latency_s or 0.0))
-                self.send(self._to_event("partial", ev))
+                self.on_partial(ev)
         except Exception as exc:  # the engine failed this stream: tell the client, close
             if self.stream_closed:
                 return
