@@ -14,6 +14,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from agent import telephony
 from agent.config import AgentSettings, load_config
+from pipelines.room_events import room_rtvi_processor
 from pipelines.voice import INPUT_SAMPLE_RATE, build_voice_pipeline
 
 _settings: AgentSettings | None = None
@@ -76,7 +77,10 @@ async def bot(runner_args: RunnerArguments) -> None:
         transport_output=transport.output(),
         session_id=session_label(runner_args),
     )
-    worker = voice.create_worker()
+    # The room page names the models in use: RTVI's bot-ready carries them (room_events.py).
+    worker = voice.create_worker(rtvi_processor=room_rtvi_processor(settings, voice.services))
+    _attach_barge_in(voice, runner_args)
+    _report_turn_ends(voice, worker)
 
     @voice.latency.event_handler("on_turn_latency")
     async def _on_turn_latency(_observer, turn):
@@ -98,3 +102,54 @@ async def bot(runner_args: RunnerArguments) -> None:
 
     runner = WorkerRunner(handle_sigint=runner_args.handle_sigint)
     await runner.run(worker)
+
+
+# --- Barge-in and turn reports (pipelines/barge_in.py, pipelines/turns.py) ---------------------
+
+
+def _attach_barge_in(voice, runner_args: RunnerArguments) -> None:
+    """Let barge-in pause, resume and flush the WebRTC output track (phone calls have none)."""
+    from agent.webrtc_tuning import output_track_of
+
+    connection = getattr(runner_args, "webrtc_connection", None)
+    if connection is not None and voice.barge_in is not None:
+        voice.barge_in.attach_output(lambda: output_track_of(connection))
+
+
+def _report_turn_ends(voice, worker) -> None:
+    """Send each turn end's rule and the session's counters as an RTVI ``turn-end`` message.
+
+    Clients (``scripts/bench_v2v.py``) count which rule ended each turn, how many speculative
+    answers were kept, and what barge-in decided, without reading the agent's log.
+    """
+    stop = (voice.turn_strategies.stop or [None])[0] if voice.turn_strategies else None
+    detector = getattr(stop, "detector", stop)
+    last: dict = {}
+    if detector is not None and hasattr(detector, "decisions"):
+
+        @detector.event_handler("on_turn_decision")
+        def _on_decision(_detector, decision):
+            last.update(rule=decision.rule, reason=decision.reason, silence=decision.silence_secs)
+
+    @voice.user_aggregator.event_handler("on_user_turn_stopped")
+    async def _on_turn_stopped(_aggregator, _strategy, _message):
+        decision, barge_in = dict(last), voice.barge_in
+        last.clear()
+        await worker.rtvi.send_server_message(
+            {
+                "type": "turn-end",
+                "rule": decision.get("rule"),
+                "reason": decision.get("reason"),
+                "silence_secs": decision.get("silence"),
+                "decisions": dict(getattr(detector, "decisions", {}) or {}),
+                "speculations": getattr(stop, "speculations", None),
+                "speculations_kept": getattr(stop, "speculations_kept", None),
+                "barge_in": None
+                if barge_in is None
+                else {
+                    "interruptions": barge_in.interruptions,
+                    "backchannels": barge_in.backchannels_heard,
+                    "false_alarms": barge_in.false_alarms,
+                },
+            }
+        )

@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -113,13 +115,53 @@ def exit_on_stop_signals() -> None:
     ``SystemExit`` instead unwinds everything and runs the ``atexit`` hooks that stop the
     children (the llama.cpp server, multiprocessing's engine process), during model loading too.
     Call it from the main thread.
+
+    A stop also arms a deadline (``STOP_DEADLINE_S``): a shutdown that hangs (a Daily join that
+    never completes keeps ``asyncio.run`` waiting for the bot task) ends in a hard exit. Nothing
+    is left behind by it: every child dies with this process (``services/lifetime.py``).
     """
 
     def stop(signum: int, _frame) -> None:
+        _arm_stop_deadline()
         raise SystemExit(0)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
+    try:  # under Pipecat's runner uvicorn's own handler receives the signal first
+        import uvicorn.server
+    except ImportError:
+        return
+    original = uvicorn.server.Server.handle_exit
+    if getattr(original, "_arms_stop_deadline", False):
+        return
+
+    def handle_exit(self, sig: int, frame) -> None:
+        _arm_stop_deadline()
+        original(self, sig, frame)
+
+    handle_exit._arms_stop_deadline = True  # type: ignore[attr-defined]
+    uvicorn.server.Server.handle_exit = handle_exit
+
+
+# Longest a stop signal may take to end the process (the promise is 5 s for everything).
+STOP_DEADLINE_S = 4.0
+_stop_deadline = threading.Event()
+
+
+def _arm_stop_deadline() -> None:
+    if _stop_deadline.is_set():
+        return
+    _stop_deadline.set()
+
+    def hard_exit() -> None:
+        time.sleep(STOP_DEADLINE_S)
+        sys.stderr.write(
+            f"voice-agent: shutdown did not finish within {STOP_DEADLINE_S:g} s; exiting now\n"
+        )
+        sys.stderr.flush()
+        os._exit(0)
+
+    threading.Thread(target=hard_exit, name="stop-deadline", daemon=True).start()
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -143,6 +185,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """Run the checks; exit 0 only if every required one passes."""
     from agent.doctor import format_table, run_checks
 
+    # As `run` does: keys kept in .env (DAILY_API_KEY, OPENAI_API_KEY) count as set.
+    _load_dotenv_without_override(args.env_file)
     resolved = resolve(args)
     settings = resolved.settings
     print(
@@ -202,7 +246,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """
     from loguru import logger
 
-    from agent import telephony
+    from agent import daily, telephony
     from agent.logs import setup_logging
     from agent.prewarm import preflight, prewarm
     from pipelines.checks import check_port_free, require
@@ -219,6 +263,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     hang_up = telephony.is_telephony(transport.type) and telephony.check_hang_up_credentials(
         transport.type
     )
+    if transport.type == "daily":  # every room Pipecat's runner creates needs the API key
+        for check in daily.startup_checks():
+            require(check)
     require(
         check_port_free(
             "transport.port",
@@ -260,6 +307,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     ]
     if telephony.is_telephony(transport.type):
         logger.info(telephony.ready_message(transport, hang_up))
+    elif transport.type == "daily":
+        logger.info(daily.ready_message(transport))
     else:
         logger.info(f"Open http://{transport.host}:{transport.port}/ and press Connect")
     runner.main()

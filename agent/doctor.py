@@ -8,8 +8,8 @@ from here. A backend's builder module may add its own checks by defining
 from __future__ import annotations
 
 import importlib
-import os
 
+from agent import daily
 from agent.config import AgentSettings
 from pipelines.checks import (  # noqa: F401
     Check,
@@ -62,15 +62,7 @@ def run_checks(settings: AgentSettings) -> list[Check]:
         check_gpu(settings),
     ]
     if settings.transport.type == "daily":
-        has_key = bool(os.environ.get("DAILY_API_KEY"))
-        results.append(
-            Check(
-                "DAILY_API_KEY",
-                has_key,
-                "set" if has_key else "not set",
-                "" if has_key else "export DAILY_API_KEY=... (or put it in .env)",
-            )
-        )
+        results.append(daily.check_api_key())  # the same check as `run -t daily`
     results.extend(backend_checks(settings))
     return results
 

@@ -33,6 +33,12 @@ cores (``scripts/bench_v2v.py``, 20 turns each): the bot's first audible frame r
 37 ms p50 (55 p90) after the agent started speaking with 20 ms sent at once, 24 ms (35 p90) with
 40 ms.
 
+Barge-in. The track is the last place the bot's audio waits, so it is where the bot goes quiet
+the moment the user starts to speak (``pipelines/barge_in.py``): ``pause`` sends silence and
+keeps what is queued (a backchannel lets the reply go on where it stopped), ``flush`` drops it
+(an interruption) and says how much was never sent, and ``added_secs`` counts all audio ever
+queued, so sent audio is ``added_secs`` minus what ``flush`` dropped.
+
 Both are process-wide patches of a library class (the agent applies them once at start-up); each
 function returns an undo, and :func:`audio_receive_latency_reduced` and
 :func:`audio_output_kept_fed` apply them for a ``with`` block only (tests, clients).
@@ -42,12 +48,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fractions
 import functools
 import time
 from collections.abc import Callable, Iterator
 
+import numpy as np
 from aiortc import rtcrtpreceiver
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from av import AudioFrame
 from pipecat.transports.smallwebrtc import transport as smallwebrtc_transport
 from pipecat.transports.smallwebrtc.transport import RawAudioTrack
 
@@ -90,12 +99,15 @@ class LookaheadAudioTrack(RawAudioTrack):
         self._previous_write: asyncio.Future | None = None
         self._restarting = False
         self._wakeup: asyncio.Future | None = None
+        # Barge-in (pipelines/barge_in.py): while paused, recv sends silence and keeps the queue.
+        self._paused = False
+        self._added_bytes = 0
 
     def add_audio_bytes(self, audio_bytes: bytes) -> asyncio.Future:
         self._restarting = self._restarting or not self._chunk_queue
         sent = super().add_audio_bytes(audio_bytes)
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
+        self._added_bytes += len(audio_bytes)
+        self._wake()
         previous, self._previous_write = self._previous_write, sent
         if previous is None or previous.done():
             # Nothing else queued: let the writer queue the next chunk right away.
@@ -103,7 +115,46 @@ class LookaheadAudioTrack(RawAudioTrack):
             previous.set_result(True)
         return previous
 
+    @property
+    def paused(self) -> bool:
+        """Whether the track is holding its queued audio back (sending silence)."""
+        return self._paused
+
+    @property
+    def added_secs(self) -> float:
+        """Seconds of audio queued on this track since it was made (sent, queued or flushed)."""
+        return self._added_bytes / 2 / self._sample_rate
+
+    def pause(self) -> None:
+        """Send silence from the next frame on, keeping the queued audio for :meth:`resume`."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Send the queued audio again, from where :meth:`pause` stopped it."""
+        if self._paused:
+            self._paused = False
+            # Its first frames go out at once, as after any silence.
+            self._restarting = True
+            self._wake()
+
+    def flush(self) -> float:
+        """Drop the queued audio (an interruption) and resume; returns the seconds dropped.
+
+        Every pending write is released, so the writer goes on to what is queued after the
+        interruption instead of waiting for audio that will never be sent.
+        """
+        dropped = sum(len(chunk) for chunk, _ in self._chunk_queue)
+        for _, future in self._chunk_queue:
+            if future is not None and not future.done():
+                future.set_result(True)
+        self._chunk_queue.clear()
+        self._paused = False
+        self._restarting = False
+        return dropped / 2 / self._sample_rate
+
     async def recv(self):
+        if self._paused:
+            return await self._silent_frame()
         if not self._chunk_queue and self._timestamp > 0:
             await self._idle_until_due()
         if self._restarting and self._chunk_queue:
@@ -115,6 +166,24 @@ class LookaheadAudioTrack(RawAudioTrack):
             due_now = time.time() - self._timestamp / self._sample_rate - (burst - 1) * 0.01
             self._start = min(self._start, due_now)
         return await super().recv()
+
+    async def _silent_frame(self):
+        """Ten milliseconds of silence on the track's clock, the queue left as it is."""
+        wait = self._start + self._timestamp / self._sample_rate - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        frame = AudioFrame.from_ndarray(
+            np.zeros((1, self._samples_per_10ms), np.int16), layout="mono"
+        )
+        frame.sample_rate = self._sample_rate
+        frame.pts = self._timestamp
+        frame.time_base = fractions.Fraction(1, self._sample_rate)
+        self._timestamp += self._samples_per_10ms
+        return frame
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
 
     async def _idle_until_due(self) -> None:
         """Wait for the next silent frame's time, or less if audio arrives first."""
@@ -129,6 +198,20 @@ class LookaheadAudioTrack(RawAudioTrack):
         finally:
             timer.cancel()
             self._wakeup = None
+
+
+def output_track_of(connection) -> LookaheadAudioTrack | None:
+    """The lookahead track a SmallWebRTC connection sends the bot's audio by, once it has one.
+
+    Pipecat's transport makes the track when the peer connects and puts it on the first
+    transceiver; None before that, or when the track is another class (the patch is off).
+    """
+    pc = getattr(connection, "pc", None)
+    for transceiver in pc.getTransceivers() if pc is not None else ():
+        track = transceiver.sender.track if transceiver.sender else None
+        if isinstance(track, LookaheadAudioTrack):
+            return track
+    return None
 
 
 def reduce_audio_receive_latency() -> Callable[[], None]:

@@ -90,7 +90,9 @@ def check_model(label: str, model: str) -> Check:
     """A model is loadable without a download, or will download on start."""
     ok, detail = hf_model_available(model)
     fix = ""
-    if not ok:
+    if not ok and looks_like_path(model):  # a hub download cannot bring a local file back
+        fix = f"set {label} to the path of an existing .nemo file, or to a Hugging Face model id"
+    elif not ok:
         fix = (
             f"on a machine with internet: huggingface-cli download {model}; offline: copy the "
             f".nemo here and set {label} to its path"

@@ -13,6 +13,27 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 DEFAULT_NEMOTRON_MODEL = "nvidia/nemotron-speech-streaming-en-0.6b"
 DEFAULT_MAGPIE_MODEL = "nvidia/magpie_tts_multilingual_357m"
+# What listeners say to keep a speaker going (turn.backchannels; pipelines/barge_in.py matches
+# them whole, folding case, punctuation, hyphens and repeated letters).
+DEFAULT_BACKCHANNELS = (
+    "uh-huh",
+    "mm-hmm",
+    "mhm",
+    "hmm",
+    "mm",
+    "okay",
+    "ok",
+    "yeah",
+    "yep",
+    "yes",
+    "right",
+    "sure",
+    "oh",
+    "i see",
+    "got it",
+    "all right",
+    "alright",
+)
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful voice assistant. Your answers are spoken aloud, so keep them short, "
     "plain and conversational: no lists, no markdown, no emoji."
@@ -139,6 +160,11 @@ class TurnSettings(_Section):
     # Start the LLM on the speculative final at the VAD stop and hold its answer until the turn
     # is confirmed (dropped if the user goes on or the transcript changes).
     speculative: bool = True
+    # Barge-in (pipelines/barge_in.py): what the user may say over the bot without
+    # interrupting it (matched whole; [] makes any speech interrupt), and how long speech over
+    # the bot may last before it interrupts without waiting for its transcript.
+    backchannels: list[str] = Field(default_factory=lambda: list(DEFAULT_BACKCHANNELS))
+    backchannel_max_secs: float = Field(0.8, gt=0.0, le=5.0)
 
 
 class AgentSettings(_Section):

@@ -123,6 +123,13 @@ class TextAwareTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         self._silence_limit_reached = False
         self._last_sound: float | None = None  # arrival of the last voiced input audio
         self._vad_start_secs = 0.2
+        # Barge-in (pipelines/barge_in.py) may open a turn on the transcript of speech that
+        # ended before it: when that speech ended (kept across turn starts) and when it opened.
+        self._speech_ended_at: float | None = None
+        self._opened_at = 0.0
+        # Speech over the bot that barge-in let pass (a backchannel) reaches this strategy with
+        # no turn open: it decides nothing then.
+        self._turn_open = False
         self.decisions: collections.Counter[str] = collections.Counter()
         self._register_event_handler("on_turn_decision", sync=True)
 
@@ -135,6 +142,18 @@ class TextAwareTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         await super()._reset()
         self._turn_text = ""
         self._speech_end = None
+
+    async def handle_user_turn_started(self):
+        """Arm for the turn now starting (Pipecat's), noting when it opened."""
+        await super().handle_user_turn_started()
+        self._opened_at = time.time()
+        self._turn_open = True
+
+    async def handle_user_turn_stopped(self):
+        """The turn ended with whatever speech it had."""
+        await super().handle_user_turn_stopped()
+        self._speech_ended_at = None
+        self._turn_open = False
 
     async def _discard_pending_end_of_turn(self):
         # Runs at turn boundaries and whenever speech resumes: a pending text-rule end is as
@@ -175,10 +194,12 @@ class TextAwareTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
 
     async def _handle_vad_user_started_speaking(self, frame):
         self._vad_start_secs = frame.start_secs
+        self._speech_ended_at = None
         await super()._handle_vad_user_started_speaking(frame)
 
     async def _handle_vad_user_stopped_speaking(self, frame):
         self._speech_end = frame.timestamp - frame.stop_secs
+        self._speech_ended_at = self._speech_end
         await super()._handle_vad_user_stopped_speaking(frame)
 
     async def _handle_transcription(self, frame: TranscriptionFrame):
@@ -187,6 +208,27 @@ class TextAwareTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         await self._cancel_text_wait()
         self._held_reason = None
         await super()._handle_transcription(frame)
+        if not (self._vad_stopped or self._vad_user_speaking) and self._speech_ended_at:
+            await self._consider_barge_in_transcript()
+
+    async def _consider_barge_in_transcript(self) -> None:
+        """A turn opened on the words of speech that had already ended (over the bot).
+
+        Pipecat treats a transcript without a VAD stop as speech still going and waits the
+        STT's p99 for more. This speech did stop: when its words read finished, the turn ends
+        ``complete_text_wait_secs`` after it opened (time for the interruption to reach the
+        context before the LLM is asked); unfinished words keep Pipecat's wait.
+        """
+        verdict = self._judge(self._turn_text)
+        if not verdict.complete:
+            return
+        self._vad_stopped = True  # the VAD did stop: this turn's speech is over
+        self._speech_end = self._speech_ended_at
+        delay = self._opened_at + self._complete_text_wait - time.time()
+        self._text_task = self.task_manager.create_task(
+            self._end_after_text_wait(max(0.0, delay), verdict),
+            f"{self}::_end_after_text_wait",
+        )
 
     async def _maybe_trigger_user_turn_stopped(self):
         if self._vad_stopped and not self._turn_complete and not self._vad_user_speaking:
@@ -255,6 +297,8 @@ class TextAwareTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
 
     async def trigger_user_turn_stopped(self, *, enable_user_speaking_frames: bool | None = None):
         """Log why the turn ends and emit ``on_turn_decision``, then end it."""
+        if not self._turn_open:
+            return  # Pipecat's controller would ignore it: no decision to log or count
         decision = self._decide()
         self.decisions[decision.rule] += 1
         silence = decision.silence_secs

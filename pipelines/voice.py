@@ -28,6 +28,7 @@ from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.turns.user_stop import BaseUserTurnStopStrategy, SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
+from pipelines.barge_in import BargeIn, BargeInUserTurnStartStrategy, HeardSpeech
 from pipelines.context_window import (
     ContextWindowGuard,
     context_budget,
@@ -71,6 +72,10 @@ class VoicePipeline:
     user_aggregator: LLMUserAggregator | None = None
     turn_strategies: UserTurnStrategies | None = None
     assistant_aggregator: LLMAssistantAggregator | None = None
+    # Barge-in (pipelines/barge_in.py): the bot holds its audio when the user speaks over it;
+    # the transport's builder attaches the output track (agent/bot.py).
+    barge_in: BargeIn | None = None
+    heard_speech: HeardSpeech | None = None
 
     def create_worker(self, **kwargs: Any) -> PipelineWorker:
         """A worker with metrics on, RTVI for the browser client and the latency observer."""
@@ -108,13 +113,25 @@ async def build_services(settings: AgentSettings) -> VoiceServices:
     return VoiceServices(stt=stt, llm=llm, tts=tts)
 
 
-def build_turn_strategies(settings: AgentSettings) -> UserTurnStrategies:
+def build_barge_in(settings: AgentSettings) -> BargeIn:
+    """The session's barge-in rules: ``turn.backchannels``, ``turn.backchannel_max_secs``."""
+    return BargeIn(
+        backchannels=settings.turn.backchannels,
+        backchannel_max_secs=settings.turn.backchannel_max_secs,
+    )
+
+
+def build_turn_strategies(
+    settings: AgentSettings, barge_in: BargeIn | None = None
+) -> UserTurnStrategies:
     """Turn end by Smart Turn with the transcript's verdict, or by a fixed speech timeout.
 
     With ``turn.speculative`` the LLM answers the STT's eager end of turn at the VAD stop and
-    the turn end decided here confirms (or drops) that answer.
+    the turn end decided here confirms (or drops) that answer. Turns start on the VAD (or a
+    transcript); over the bot, barge-in decides (``pipelines/barge_in.py``).
     """
     turn = settings.turn
+    start = [BargeInUserTurnStartStrategy(barge_in or build_barge_in(settings))]
     detector: BaseUserTurnStopStrategy
     if turn.strategy == "timeout":
         detector = SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=turn.timeout_secs)
@@ -124,12 +141,13 @@ def build_turn_strategies(settings: AgentSettings) -> UserTurnStrategies:
             complete_text_wait_secs=turn.complete_text_wait_secs,
         )
     if not turn.speculative:
-        return UserTurnStrategies(stop=[detector])
+        return UserTurnStrategies(start=start, stop=[detector])
     # Unconfirmed for longer than the detector's longest wait (plus a slow final transcript):
     # the answer was for a turn that never ended as predicted.
     longest_wait = max(turn.incomplete_timeout_secs, turn.timeout_secs)
     return UserTurnStrategies(
-        stop=[SpeculativeTurnStopStrategy(detector, speculation_timeout=longest_wait + 3.0)]
+        start=start,
+        stop=[SpeculativeTurnStopStrategy(detector, speculation_timeout=longest_wait + 3.0)],
     )
 
 
@@ -179,7 +197,8 @@ async def build_voice_pipeline(
     context = LLMContext()
     budget = context_budget(settings)
     summarize = context_strategy(settings) == "summarize"
-    turn_strategies = build_turn_strategies(settings)
+    barge_in = build_barge_in(settings)
+    turn_strategies = build_turn_strategies(settings, barge_in)
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
@@ -203,9 +222,12 @@ async def build_voice_pipeline(
     if transport_input is not None:
         processors.append(transport_input)
     processors += [services.stt, aggregators.user(), services.llm, services.tts]
+    # Barge-in: around the output, what the user heard of each reply (pipelines/barge_in.py).
+    heard = HeardSpeech(context, barge_in)
+    processors.append(heard.before_output())
     if transport_output is not None:
         processors.append(transport_output)
-    processors.append(aggregators.assistant())
+    processors += [heard.after_output(), aggregators.assistant(), heard.after_context()]
     return VoicePipeline(
         pipeline=Pipeline(processors),
         context=context,
@@ -215,4 +237,6 @@ async def build_voice_pipeline(
         user_aggregator=aggregators.user(),
         turn_strategies=turn_strategies,
         assistant_aggregator=aggregators.assistant(),
+        barge_in=barge_in,
+        heard_speech=heard,
     )

@@ -16,12 +16,21 @@ Targets a running agent (``--url``, any profile, any machine) or starts one (``-
 ``--set`` overrides). Writes ``results.json``, ``v2v.png`` and ``table.md`` into ``--out`` and
 prints the table.
 
+The conversation mixes in what makes turn taking hard (issue 14): a share of the turns
+(``--incomplete-share``) are recordings Smart Turn v3 judges INCOMPLETE at their last VAD stop
+although they are complete statements (found by running Silero VAD and Smart Turn over the
+speech cache once; cached beside it), and every ``--barge-in-every``-th turn is spoken over the
+previous answer, ``--barge-in-after`` seconds into it, which times how soon the bot's audio
+stops after the user's speech starts (at the client). The agent's RTVI ``turn-end`` messages
+say which rule ended each turn and how many speculative answers were kept or dropped.
+
 Examples::
 
     python scripts/bench_v2v.py --profile cpu --turns 20
     python scripts/bench_v2v.py --profile cpu --sessions 4 --turns 8   # 4 users at once
     python scripts/bench_v2v.py --url http://gpu-box:7860 --turns 50   # agent runs elsewhere
     python scripts/bench_v2v.py --profile nvidia --set llm.base_url=http://127.0.0.1:8000/v1
+    python scripts/bench_v2v.py --profile cpu --turns 30 --incomplete-share 0 --barge-in-every 0
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
@@ -64,6 +74,10 @@ MODEL_STAGES = ("vad_wait", "stt", "llm", "tts")
 PERCENTILES = (50, 90, 99)
 # Replies are capped when the bench starts the agent, so turns stay short; pass --set to change.
 DEFAULT_OVERRIDES = {"llm.max_tokens": "60"}
+# Issue 14's targets for the cpu profile on two cores (ms).
+TARGETS_MS = {"p50": 700, "p90": 1000, "max": 1500, "barge_in_stop_max": 150}
+VERDICTS_FILE = "smart_turn_verdicts.json"
+VERDICTS_VERSION = 1
 
 
 def stage_times(turn: TurnResult, same_host: bool = False) -> dict[str, float] | None:
@@ -135,6 +149,7 @@ def summarize(values: list[float]) -> dict[str, float]:
     array = np.asarray(values, dtype=float)
     summary = {f"p{p}": float(np.percentile(array, p)) for p in PERCENTILES}
     summary |= {"mean": float(array.mean()), "min": float(array.min()), "max": float(array.max())}
+    summary["count"] = len(values)
     return summary
 
 
@@ -179,6 +194,99 @@ def agent_config(profile: str | None, overrides: dict[str, str]) -> dict | None:
     return {key: entry["value"] for key, entry in json.loads(result.stdout).items()}
 
 
+def smart_turn_verdicts(utterances: list[Utterance], speech_dir: Path) -> dict[str, bool]:
+    """Whether Smart Turn v3 judges each recording complete at its last VAD stop (cached).
+
+    The agent's own analyzers (Silero VAD with the agent's defaults, Smart Turn v3 with Pipecat's
+    parameters) run over each file with 0.5 s of silence before and 1 s after, fed in 20 ms
+    frames as the agent gets them; the verdict is the one at the last VAD stop.
+    """
+    cache = Path(speech_dir).expanduser() / VERDICTS_FILE
+    try:
+        stored = json.loads(cache.read_text())
+        if stored.get("version") == VERDICTS_VERSION:
+            verdicts = stored["complete"]
+            if all(u.id in verdicts for u in utterances):
+                return verdicts
+    except (OSError, ValueError, KeyError):
+        pass
+    from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
+    from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+    from pipecat.audio.vad.silero import SileroVADAnalyzer
+    from pipecat.audio.vad.vad_analyzer import VADParams, VADState
+
+    from tests.e2e.voice_client import load_audio
+
+    print(f"judging {len(utterances)} recordings with Smart Turn v3 (once; cached in {cache})")
+
+    async def judge(audio: np.ndarray) -> bool:
+        vad = SileroVADAnalyzer(params=VADParams(stop_secs=0.2))
+        vad.set_sample_rate(16000)
+        turn = LocalSmartTurnAnalyzerV3()
+        turn.set_sample_rate(16000)
+        pcm = np.concatenate([np.zeros(8000, np.int16), audio, np.zeros(16000, np.int16)])
+        speaking, verdict = False, True
+        for i in range(0, len(pcm) - 319, 320):
+            chunk = pcm[i : i + 320].tobytes()
+            state = await vad.analyze_audio(chunk)
+            now_speaking = state in (VADState.SPEAKING, VADState.STOPPING)
+            turn.append_audio(chunk, now_speaking)
+            if speaking and state == VADState.QUIET:
+                result, _ = await turn.analyze_end_of_turn()
+                verdict = result == EndOfTurnState.COMPLETE
+            speaking = state == VADState.SPEAKING or (speaking and state != VADState.QUIET)
+        await turn.cleanup()
+        await vad.cleanup()
+        return verdict
+
+    async def judge_all() -> dict[str, bool]:
+        return {u.id: await judge(load_audio(u.path)) for u in utterances}
+
+    from loguru import logger
+
+    logger.remove()  # the analyzers log every decision
+    verdicts = asyncio.run(judge_all())
+    cache.write_text(json.dumps({"version": VERDICTS_VERSION, "complete": verdicts}))
+    return verdicts
+
+
+def reads_finished(utterance: Utterance) -> bool:
+    """Two words or more, and no unfinished ending by the agent's own text rule (words only)."""
+    from pipelines.turn_text import unfinished_cue, words_of
+
+    found = words_of(utterance.text)
+    return len(found) >= 2 and unfinished_cue(found) is None
+
+
+def plan_conversation(
+    utterances: list[Utterance], verdicts: dict[str, bool], args: argparse.Namespace
+) -> list[tuple[Utterance, str]]:
+    """``(utterance, kind)`` for every turn of one session, warm-up first.
+
+    ``kind`` is ``incomplete`` (a recording of two words or more that Smart Turn judges
+    INCOMPLETE, whose words do not end unfinished) or ``regular``; the shares follow
+    ``--incomplete-share`` evenly through the conversation. Recordings that do end unfinished
+    ("incoming call from") are left out: they wait ``turn.incomplete_timeout_secs`` by design.
+    """
+    incomplete = [u for u in utterances if verdicts.get(u.id) is False and reads_finished(u)]
+    regular = [u for u in utterances if verdicts.get(u.id, True)]
+    total = args.warmup + args.turns
+    plan: list[tuple[Utterance, str]] = []
+    used: Counter[str] = Counter()
+    for index in range(total):
+        measured = index - args.warmup
+        share = args.incomplete_share
+        due = (
+            measured >= 0
+            and bool(incomplete)
+            and int((measured + 1) * share) > int(measured * share)
+        )
+        pool, kind = (incomplete, "incomplete") if due else (regular, "regular")
+        plan.append((pool[used[kind] % len(pool)], kind))
+        used[kind] += 1
+    return plan
+
+
 def pick_utterances(args: argparse.Namespace) -> list[Utterance]:
     found = load_utterances(args.speech_dir)
     found = [u for u in found if args.min_secs <= u.duration_s <= args.max_secs]
@@ -194,29 +302,47 @@ def pick_utterances(args: argparse.Namespace) -> list[Utterance]:
 
 
 async def run_sessions(
-    url: str, utterances: list[Utterance], args: argparse.Namespace
+    url: str, utterances: list[Utterance], args: argparse.Namespace, verdicts: dict[str, bool]
 ) -> list[dict]:
     """Run ``args.sessions`` clients at once, each speaking its own turns; all their records."""
+    per_session = []
+    for s in range(args.sessions):
+        # Each session its own turns: rotate the list, as the sessions used to by offset.
+        offset = s * (args.warmup + args.turns)
+        rotated = utterances[offset % len(utterances) :] + utterances[: offset % len(utterances)]
+        per_session.append(plan_conversation(rotated, verdicts, args))
     per_session = await asyncio.gather(
-        *(run_turns(url, utterances, args, session=s) for s in range(args.sessions))
+        *(run_turns(url, plan, args, session=s) for s, plan in enumerate(per_session))
     )
     return sorted((r for records in per_session for r in records), key=lambda r: r["finished"])
 
 
-async def run_turns(
-    url: str, utterances: list[Utterance], args: argparse.Namespace, *, session: int = 0
-) -> list[dict]:
-    """Speak ``args.warmup + args.turns`` utterances, reconnecting every few turns.
+def is_barge_in(index: int, args: argparse.Namespace) -> bool:
+    """Whether turn ``index`` (warm-up included) is spoken over the previous answer."""
+    measured = index - args.warmup
+    in_session = index % args.turns_per_session
+    return (
+        args.barge_in_every > 0
+        and measured >= 0
+        and in_session > 0  # a fresh connection has no answer to talk over
+        and (measured + 1) % args.barge_in_every == 0
+    )
 
-    ``session`` numbers the client among those running at once; each starts at its own place
-    in the utterance list, so simultaneous sessions say different things.
+
+async def run_turns(
+    url: str, plan: list[tuple[Utterance, str]], args: argparse.Namespace, *, session: int = 0
+) -> list[dict]:
+    """Speak the planned utterances, reconnecting every few turns.
+
+    ``session`` numbers the client among those running at once. A barge-in turn starts while
+    the previous answer plays; that answer's turn returns ``--barge-in-after`` s into it.
     """
     records: list[dict] = []
-    total = args.warmup + args.turns
+    total = len(plan)
     same_host = _same_host(url)
     client: VoiceClient | None = None
     turns_in_session = 0
-    offset = session * total
+    connection = -1
     tag_session = f"s{session} " if args.sessions > 1 else ""
     try:
         for index in range(total):
@@ -228,12 +354,20 @@ async def run_turns(
                 await client.connect()
                 connect_secs = time.monotonic() - started
                 turns_in_session = 0
+                connection += 1
                 await asyncio.sleep(args.pause)
-            utterance = utterances[(offset + index) % len(utterances)]
+            utterance, kind = plan[index]
+            barge_in = is_barge_in(index, args) and turns_in_session > 0
+            next_barges_in = (
+                index + 1 < total
+                and is_barge_in(index + 1, args)
+                and turns_in_session + 1 < args.turns_per_session
+            )
             turn = await client.say(
                 utterance.path,
                 response_timeout=args.response_timeout,
                 max_reply_secs=args.max_reply_secs,
+                return_after_secs=args.barge_in_after if next_barges_in else None,
             )
             turns_in_session += 1
             times = stage_times(turn, same_host=same_host)
@@ -254,6 +388,19 @@ async def run_turns(
                 "bot_text": turn.bot_text,
                 "bot_audio_secs": round(turn.bot_audio_secs, 2),
                 "connect_secs": round(connect_secs, 3) if turns_in_session == 1 else None,
+                "kind": kind,
+                "connection": connection,
+                "barge_in": barge_in,
+                # From the user's first voiced 20 ms to the bot's last voiced frame over it.
+                "barge_in_stop_secs": turn.barge_in_stop_secs if barge_in else None,
+                "cut_short": next_barges_in,
+                # The agent's RTVI turn-end reports in this turn's window (rule, counters).
+                "turn_ends": [
+                    m["data"]
+                    for m in turn.messages
+                    if m.get("type") == "server-message"
+                    and (m.get("data") or {}).get("type") == "turn-end"
+                ],
                 # Other work on the machine shows up in every stage: keep it next to the numbers.
                 "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             }
@@ -265,12 +412,20 @@ async def run_turns(
             else:
                 v2v = f"{turn.voice_to_voice_secs * 1000:.0f} ms"
             tag = "warm-up " if record["warmup"] else ""
+            tag += f"{kind} " if kind != "regular" else ""
+            if barge_in:
+                stop = turn.barge_in_stop_secs
+                tag += "barge-in " + (
+                    "(no bot audio) " if stop is None else f"{stop * 1000:.0f} ms "
+                )
+            rules = ",".join(str(e.get("rule")) for e in record["turn_ends"])
             print(
-                f"{tag_session}[{index + 1}/{total}] {tag}{v2v:>9}  "
+                f"{tag_session}[{index + 1}/{total}] {tag}{v2v:>9} [{rules}] "
                 f"heard {turn.user_transcript!r} -> {turn.bot_text[:60]!r}",
                 flush=True,
             )
-            await asyncio.sleep(args.pause)
+            if not next_barges_in:
+                await asyncio.sleep(args.pause)
     finally:
         if client is not None:
             await client.close()
@@ -302,6 +457,53 @@ def build_summary(records: list[dict]) -> dict:
             "answered": len(heard),
             "voice_to_voice": summarize(heard) if heard else None,
         }
+    # Per kind of turn, and against the issue's targets.
+    summary["by_kind"] = {}
+    for kind in ("regular", "incomplete"):
+        heard = [r["voice_to_voice_secs"] for r in measured if r.get("kind") == kind]
+        heard = [v for v in heard if v]
+        if heard:
+            summary["by_kind"][kind] = summarize(heard)
+    barges = [r for r in measured if r.get("barge_in")]
+    stops = [r["barge_in_stop_secs"] for r in barges if r.get("barge_in_stop_secs") is not None]
+    summary["barge_in"] = {
+        "turns": len(barges),
+        "stopped_while_speaking": len(stops),
+        "stop_secs": summarize(stops) if stops else None,
+    }
+    rules: Counter[str] = Counter()
+    for r in measured:
+        for end in r.get("turn_ends") or []:
+            rules[str(end.get("rule"))] += 1
+    summary["turn_end_rules"] = dict(rules)
+    # Counters are per connection (each is a new pipeline): the last report of each, summed.
+    last: dict[tuple, dict] = {}
+    for r in records:
+        for end in r.get("turn_ends") or []:
+            last[(r.get("session", 0), r.get("connection", 0))] = end
+    speculations = sum(int(e.get("speculations") or 0) for e in last.values())
+    kept = sum(int(e.get("speculations_kept") or 0) for e in last.values())
+    summary["speculations"] = {
+        "started": speculations,
+        "kept": kept,
+        "dropped": speculations - kept,
+    }
+    decided = Counter()
+    for e in last.values():
+        decided.update({k: int(v) for k, v in (e.get("barge_in") or {}).items()})
+    summary["barge_in"]["agent_decisions"] = dict(decided)
+    if "voice_to_voice" in summary:
+        v2v = summary["voice_to_voice"]
+        worst_stop = summary["barge_in"]["stop_secs"]
+        summary["targets"] = {
+            "p50": [round(v2v["p50"] * 1000), TARGETS_MS["p50"]],
+            "p90": [round(v2v["p90"] * 1000), TARGETS_MS["p90"]],
+            "max": [round(v2v["max"] * 1000), TARGETS_MS["max"]],
+            "barge_in_stop_max": [
+                None if not worst_stop else round(worst_stop["max"] * 1000),
+                TARGETS_MS["barge_in_stop_max"],
+            ],
+        }
     if not timed:
         return summary
     keys = [name for name, _, _ in STAGES]
@@ -314,6 +516,9 @@ def build_summary(records: list[dict]) -> dict:
         ]
     keys += ["server_total", "agent_overhead", "overhead", "overhead_llm_to_sentence", "total"]
     summary["stages"] = {key: summarize([r["stages"][key] for r in timed]) for key in keys}
+    # Each turn's stages add up to its voice-to-voice time, so their means add up to the mean.
+    stage_names = [name for name, _, _ in STAGES]
+    summary["stage_means_sum_secs"] = sum(summary["stages"][n]["mean"] for n in stage_names)
     return summary
 
 
@@ -366,6 +571,7 @@ def format_table(summary: dict, meta: dict) -> str:
             )
             lines.append(f"| {label} | {entry['turns']} | {entry['answered']} | {cells} |")
         lines.append("")
+    lines += conversation_lines(summary)
     if "stages" not in summary:
         return "\n".join(lines + ["no turn had a reply with a latency breakdown"])
     header = "| stage | " + " | ".join(f"p{p} ms" for p in PERCENTILES) + " | mean ms |"
@@ -391,12 +597,65 @@ def format_table(summary: dict, meta: dict) -> str:
             f"| **voice-to-voice (client), all {summary['answered']} answered turns** | {cells} "
             f"| {stats['mean'] * 1000:.0f} |"
         )
+    if "stage_means_sum_secs" in summary:
+        lines.append(
+            f"| sum of the stage means (= mean voice-to-voice of these turns) | | | | "
+            f"{summary['stage_means_sum_secs'] * 1000:.0f} |"
+        )
     lines += [
         "",
         "Stage rows cover the turns with the agent's breakdown; percentiles are taken per stage,",
-        "so they do not add up to the total's.",
+        "so they do not add up to the total's; the means do (each turn's stages add up to it).",
     ]
     return "\n".join(lines)
+
+
+def conversation_lines(summary: dict) -> list[str]:
+    """Targets, turn kinds, turn-end rules, speculations and barge-in, as table rows."""
+    lines: list[str] = []
+    targets = summary.get("targets")
+    if targets:
+        lines += ["| issue 14 target | measured ms | target ms | met |", "|---|---|---|---|"]
+        for name, (value, target) in targets.items():
+            met = "-" if value is None else ("yes" if value <= target else "no")
+            lines.append(f"| {name} | {'-' if value is None else value} | <= {target} | {met} |")
+        lines.append("")
+    kinds = summary.get("by_kind") or {}
+    if kinds:
+        lines += ["| turns | n | p50 ms | p90 ms | max ms |", "|---|---|---|---|---|"]
+        for kind, stats in kinds.items():
+            label = {
+                "regular": "regular recordings",
+                "incomplete": "statements Smart Turn judges INCOMPLETE",
+            }[kind]
+            lines.append(
+                f"| {label} | {stats['count']} | {stats['p50'] * 1000:.0f} | "
+                f"{stats['p90'] * 1000:.0f} | {stats['max'] * 1000:.0f} |"
+            )
+        lines.append("")
+    rules = summary.get("turn_end_rules") or {}
+    spec = summary.get("speculations") or {}
+    barge = summary.get("barge_in") or {}
+    lines.append(
+        "Turn ends by rule: "
+        + (", ".join(f"{rule} {count}" for rule, count in sorted(rules.items())) or "none reported")
+        + f". Speculative answers: {spec.get('started', 0)} started, {spec.get('kept', 0)} kept, "
+        f"{spec.get('dropped', 0)} dropped."
+    )
+    stops = barge.get("stop_secs")
+    if barge.get("turns"):
+        lines.append(
+            f"Barge-in: {barge['turns']} turns spoken over the answer; bot audio stopped "
+            + (
+                f"{stops['p50'] * 1000:.0f} ms p50, {stops['max'] * 1000:.0f} ms max after the "
+                f"user's speech started ({barge['stopped_while_speaking']} measured)"
+                if stops
+                else "(never measured: the bot was not speaking)"
+            )
+            + f"; the agent decided {barge.get('agent_decisions') or {}}."
+        )
+    lines.append("")
+    return lines
 
 
 def plot(records: list[dict], summary: dict, path: Path, title: str) -> None:
@@ -409,7 +668,16 @@ def plot(records: list[dict], summary: dict, path: Path, title: str) -> None:
     answered = [r for r in records if not r["warmup"] and r["voice_to_voice_secs"]]
     if not answered:
         return
-    fig, (bars, cdf) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [2, 1]})
+    stops = [
+        (r["index"], r["barge_in_stop_secs"] * 1000)
+        for r in records
+        if not r["warmup"] and r.get("barge_in_stop_secs") is not None
+    ]
+    panels = 3 if stops else 2
+    fig, axes = plt.subplots(
+        1, panels, figsize=(6.5 * panels, 5.5), gridspec_kw={"width_ratios": [2, 1, 1][:panels]}
+    )
+    bars, cdf = axes[0], axes[1]
     x = np.arange(len(timed))
     bottom = np.zeros(len(timed))
     colors = plt.get_cmap("tab10").colors
@@ -419,6 +687,10 @@ def plot(records: list[dict], summary: dict, path: Path, title: str) -> None:
         bottom += values
     totals = np.array([r["stages"]["total"] * 1000 for r in timed])
     bars.plot(x, totals, "k.", label="client voice-to-voice")
+    hard = [i for i, r in enumerate(timed) if r.get("kind") == "incomplete"]
+    if hard:
+        bars.plot(x[hard], totals[hard] + 60, "rv", label="Smart Turn: INCOMPLETE statement")
+    bars.axhline(TARGETS_MS["p50"], color="green", linestyle=":", linewidth=1)
     multi = len({r.get("session", 0) for r in timed}) > 1
     ticks = [f"s{r.get('session', 0)}.{r['index']}" if multi else str(r["index"]) for r in timed]
     bars.set_xticks(x, ticks, fontsize=8, rotation=90 if multi else 0)
@@ -459,6 +731,14 @@ def plot(records: list[dict], summary: dict, path: Path, title: str) -> None:
     cdf.set_xlabel("voice-to-voice ms (client)")
     cdf.set_ylabel("fraction of answered turns")
     cdf.set_title(f"Distribution ({len(answered)} turns)")
+    if stops:
+        axis = axes[2]
+        axis.bar([str(i) for i, _ in stops], [ms for _, ms in stops], color="tab:purple")
+        axis.axhline(TARGETS_MS["barge_in_stop_max"], color="red", linestyle="--")
+        axis.text(0, TARGETS_MS["barge_in_stop_max"] + 3, " target", fontsize=8, color="red")
+        axis.set_xlabel("barge-in turn")
+        axis.set_ylabel("ms from the user's speech to the bot's last audio (client)")
+        axis.set_title("Barge-in: bot audio stop")
     fig.suptitle(title)
     fig.legend(*bars.get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=8)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
@@ -504,6 +784,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-secs", type=float, default=1.0, help="shortest utterance (1.0)")
     parser.add_argument("--max-secs", type=float, default=6.0, help="longest utterance (6.0)")
     parser.add_argument("--seed", type=int, default=0, help="utterance order")
+    parser.add_argument(
+        "--incomplete-share",
+        type=float,
+        default=1 / 3,
+        help="share of measured turns that are statements Smart Turn judges INCOMPLETE (1/3)",
+    )
+    parser.add_argument(
+        "--barge-in-every",
+        type=int,
+        default=4,
+        help="every Nth measured turn talks over the previous answer (4; 0: never)",
+    )
+    parser.add_argument(
+        "--barge-in-after",
+        type=float,
+        default=1.0,
+        help="seconds into the answer a barge-in starts (1.0)",
+    )
     parser.add_argument("--pause", type=float, default=1.0, help="silence between turns, s")
     parser.add_argument("--response-timeout", type=float, default=30.0)
     parser.add_argument("--max-reply-secs", type=float, default=40.0)
@@ -522,6 +820,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
         overrides[key.strip()] = value
     utterances = pick_utterances(args)
+    verdicts = (
+        smart_turn_verdicts(load_utterances(args.speech_dir), Path(args.speech_dir))
+        if args.incomplete_share > 0
+        else {}
+    )
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     label = "remote" if args.url else (args.profile or "cpu")
     if args.sessions > 1:
@@ -552,8 +855,19 @@ def main(argv: list[str] | None = None) -> int:
         }
     meta["command"] = " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
     meta["sessions"] = args.sessions
+    meta["conversation"] = {
+        "incomplete_share": args.incomplete_share,
+        "barge_in_every": args.barge_in_every,
+        "barge_in_after_secs": args.barge_in_after,
+        "turns_per_session": args.turns_per_session,
+        "smart_turn_incomplete_in_range_reading_finished": sum(
+            1 for u in utterances if verdicts.get(u.id) is False and reads_finished(u)
+        ),
+        "smart_turn_incomplete_all": sum(1 for v in verdicts.values() if v is False),
+        "recordings_judged": len(verdicts),
+    }
     try:
-        records = asyncio.run(run_sessions(url, utterances, args))
+        records = asyncio.run(run_sessions(url, utterances, args, verdicts))
     finally:
         if agent is not None:
             agent.stop()

@@ -181,3 +181,42 @@ async def test_an_idle_track_wakes_when_audio_arrives():
     track.add_audio_bytes(tone(CHUNK_MS))
     frame = await asyncio.wait_for(waiting, timeout=1.0)
     assert np.abs(frame.to_ndarray()).all()
+
+
+async def sent_levels(track: LookaheadAudioTrack, frames: int) -> list[int]:
+    """Peak level of each of the next ``frames`` 10 ms frames the track sends (clock behind)."""
+    track._start -= 10.0
+    return [int(np.abs((await track.recv()).to_ndarray()).max()) for _ in range(frames)]
+
+
+@pytest.mark.asyncio
+async def test_a_paused_track_sends_silence_and_keeps_its_audio_for_resume():
+    """Barge-in holds the bot's audio: silence at once, nothing lost if the bot goes on."""
+    track = LookaheadAudioTrack(sample_rate=RATE)
+    track.add_audio_bytes(tone(40))
+    second = track.add_audio_bytes(tone(40))
+    assert await sent_levels(track, 1) == [1000]
+    track.pause()
+    assert track.paused
+    assert await sent_levels(track, 10) == [0] * 10  # silence from the next frame on
+    assert not second.done()  # the writer waits: nothing more piles up behind the pause
+    track.resume()
+    assert await sent_levels(track, 7) == [1000] * 7  # the other 70 ms, where it stopped
+    assert second.done()
+    assert track.added_secs == pytest.approx(0.08)
+
+
+@pytest.mark.asyncio
+async def test_flush_drops_the_queued_audio_releases_the_writer_and_says_how_much():
+    """An interruption: what the track never sent is dropped, and counted."""
+    track = LookaheadAudioTrack(sample_rate=RATE)
+    track.add_audio_bytes(tone(40))
+    pending = track.add_audio_bytes(tone(40))
+    assert await sent_levels(track, 1) == [1000]
+    track.pause()
+    assert track.flush() == pytest.approx(0.07)
+    assert pending.done()  # the writer goes on to whatever comes after the interruption
+    assert not track.paused
+    assert await sent_levels(track, 3) == [0, 0, 0]
+    # What was sent is what was added minus what was dropped.
+    assert track.added_secs - 0.07 == pytest.approx(0.01)

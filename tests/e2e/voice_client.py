@@ -178,6 +178,10 @@ class TurnResult:
     # The bot was already talking when the user finished (it answered part of the utterance):
     # the first audio after the end of speech is then no measure of this turn's latency.
     overlapped: bool = False
+    # When the user's speech started (its first voiced 20 ms, as sent), and, when the bot was
+    # speaking then (a barge-in), how long its audio went on after that, as received.
+    speech_start_at: float | None = None
+    barge_in_stop_secs: float | None = None
 
     @property
     def voice_to_voice_secs(self) -> float | None:
@@ -337,6 +341,7 @@ class VoiceClient:
         response_timeout: float = 30.0,
         max_reply_secs: float = 60.0,
         settle_secs: float = 1.0,
+        return_after_secs: float | None = None,
     ) -> TurnResult:
         """Speak one utterance and collect the bot's spoken reply.
 
@@ -346,6 +351,8 @@ class VoiceClient:
             max_reply_secs: Cap on how long a reply is recorded.
             settle_secs: Quiet time after ``bot-stopped-speaking`` (or, without RTVI, after
                 the last voiced frame) that ends the reply; the bot may start a new sentence.
+            return_after_secs: Return once this much of the reply has played instead of at
+                its end, so the next utterance talks over it (a barge-in).
         """
         name = str(audio) if not isinstance(audio, np.ndarray) else "<samples>"
         if not isinstance(audio, np.ndarray):
@@ -354,8 +361,21 @@ class VoiceClient:
         if bounds is None:
             raise ValueError(f"{name}: no speech found")
         sent_at = time.monotonic()
-        speech_end_at = await self.mic.play(audio, mark_at=bounds[1])
-        turn = TurnResult(utterance=name, speech_end_at=speech_end_at)
+        started = self.mic.play(audio[: bounds[0]])
+        ended = self.mic.play(audio[bounds[0] :], mark_at=bounds[1] - bounds[0])
+        speech_start_at = await started
+        bot_was_speaking = self.bot_audio.voiced_between(speech_start_at - 0.1, speech_start_at)
+        speech_end_at = await ended
+        turn = TurnResult(
+            utterance=name, speech_end_at=speech_end_at, speech_start_at=speech_start_at
+        )
+        if bot_was_speaking:
+            over = [
+                t
+                for t, chunk in self.bot_audio.chunks
+                if speech_start_at <= t <= speech_end_at and frame_rms(chunk) >= VOICED_RMS
+            ]
+            turn.barge_in_stop_secs = (over[-1] - speech_start_at) if over else 0.0
 
         turn.overlapped = self.bot_audio.voiced_between(speech_end_at - 0.3, speech_end_at)
         deadline = speech_end_at + response_timeout
@@ -363,7 +383,11 @@ class VoiceClient:
             await asyncio.sleep(0.02)
             turn.first_audio_at = self.bot_audio.first_voiced_after(speech_end_at)
         if turn.first_audio_at is not None:
-            await self._wait_reply_end(turn.first_audio_at, max_reply_secs, settle_secs)
+            if return_after_secs is not None:
+                played = time.monotonic() - turn.first_audio_at
+                await asyncio.sleep(max(0.0, return_after_secs - played))
+            else:
+                await self._wait_reply_end(turn.first_audio_at, max_reply_secs, settle_secs)
             # The latency breakdown is sent when the bot starts speaking; allow for ordering.
             try:
                 await self.wait_for_message(_is_turn_latency, timeout=1.0, since=sent_at)

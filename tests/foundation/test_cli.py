@@ -1,4 +1,4 @@
-"""`voice-agent run` serves the room page; `voice-agent doctor` explains failures."""
+"""`voice-agent run` serves the room page (the doctor's tests: tests/foundation/test_doctor.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from agent.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAIN = """
@@ -103,16 +101,3 @@ def test_run_serves_room_page_and_survives_a_bad_offer(running_agent):
     assert 400 <= info.value.code < 500
     assert proc.poll() is None
     assert http_get(base + "/")[0] == 200
-
-
-def test_doctor_reports_fixes_and_fails(tmp_path, capsys, monkeypatch):
-    config = tmp_path / "agent.toml"
-    config.write_text(PLAIN)
-    monkeypatch.chdir(tmp_path)
-    code = cli_main(["doctor", "-c", str(config)])
-    out = capsys.readouterr().out
-    assert code == 1
-    assert "package pipecat-ai" in out
-    assert "GPU (CUDA)" in out
-    assert "fix:" in out
-    assert "check(s) failed" in out

@@ -88,7 +88,13 @@ async def test_assembly_for_each_backend_combination(stt, tts, llm):
     voice = await build_voice_pipeline(settings)
     # Pipeline wraps the list with its own source and sink.
     inner = voice.pipeline.processors[1:-1]
-    assert len(inner) == 5
+    # The barge-in taps (what the user heard of each reply) sit around the output and the
+    # assistant aggregator; without a transport the output slot is empty.
+    heard = voice.heard_speech
+    assert len(inner) == 8
+    assert inner[4] is heard.before_output() and inner[5] is heard.after_output()
+    assert inner[7] is heard.after_context()
+    inner = inner[:4] + [inner[6]]
     # Each slot holds the class the config names: a config asking for piper gets piper.
     assert isinstance(inner[0], expected_class("stt", stt))
     assert type(inner[0]).__name__ == "SharedWhisperSTTService"  # the shared-model subclass

@@ -74,6 +74,7 @@ class ScriptedLLMServer:
         n_ctx: Refuse prompts of at least this many tokens, as llama.cpp does (None: never).
         summary_status: Answer ``stream: false`` requests with this HTTP error instead.
         count_tokens: Counts a request's prompt tokens.
+        port: Loopback port to listen on (0: a free one), for an agent started before it.
     """
 
     reply: Callable[[int, dict], str] = lambda index, body: f"Reply number {index + 1}."
@@ -83,6 +84,7 @@ class ScriptedLLMServer:
     n_ctx: int | None = None
     summary_status: int | None = None
     count_tokens: Callable[[list[dict]], int] = smollm2_prompt_tokens
+    port: int = 0
     base_url: str = ""
     requests: list[dict] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
@@ -104,7 +106,7 @@ class ScriptedLLMServer:
         app.router.add_post("/v1/chat/completions", self._completions)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.base_url = f"http://127.0.0.1:{port}/v1"

@@ -1,0 +1,101 @@
+"""Barge-in's rules on their own: what counts as a backchannel, which words of a cut sentence
+were heard, and the settings that configure them (the behaviour over real WebRTC is in
+``tests/e2e/test_barge_in.py``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.barge_in import BargeInUserTurnStartStrategy, _Sentence, heard_words, is_backchannel
+from pipelines.settings import DEFAULT_BACKCHANNELS
+from tests.turns.conftest import settings_with
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Uh-huh.",
+        "Uh huh.",
+        "Mm-hmm.",
+        "Mhm.",
+        "Mmm.",
+        "Okay.",
+        "OK.",
+        "Yeah.",
+        "Oh, okay.",
+        "Yeah, yeah.",
+        "I see.",
+        "Got it.",
+        "Right.",
+    ],
+)
+def test_backchannels_as_an_stt_writes_them(text):
+    assert is_backchannel(text, DEFAULT_BACKCHANNELS)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["No.", "Stop.", "Okay, stop.", "Wait.", "Yeah, but why?", "Yesterday.", "Thank you.", ""],
+)
+def test_anything_else_interrupts(text):
+    assert not is_backchannel(text, DEFAULT_BACKCHANNELS)
+
+
+def test_a_run_of_backchannels_is_one_only_up_to_three():
+    assert is_backchannel("Yeah, yeah, yeah.", DEFAULT_BACKCHANNELS)
+    assert not is_backchannel("Yeah yeah yeah yeah.", DEFAULT_BACKCHANNELS)
+
+
+def test_the_backchannels_are_configured_by_turn_backchannels():
+    from pipelines.voice import build_turn_strategies
+
+    settings = settings_with(**{"turn.backchannels": '["roger", "copy that"]'})
+    assert settings.turn.backchannels == ["roger", "copy that"]
+    start = build_turn_strategies(settings).start
+    assert [type(s) for s in start] == [BargeInUserTurnStartStrategy]
+    barge_in = start[0]._barge_in
+    assert barge_in.is_backchannel("Roger.") and barge_in.is_backchannel("Copy that.")
+    assert not barge_in.is_backchannel("Okay.")  # the defaults are replaced, not extended
+    # Empty: any speech over the bot interrupts it.
+    assert settings_with(**{"turn.backchannels": "[]"}).turn.backchannels == []
+    assert settings_with().turn.backchannel_max_secs == 0.8
+
+
+def sentence(text: str, voiced: tuple[float, float], secs: float) -> _Sentence:
+    return _Sentence(text, secs=secs, complete=True, voiced=voiced)
+
+
+def test_words_are_heard_when_their_share_of_the_voiced_audio_was_sent():
+    cut = sentence("one two three four", voiced=(0.2, 2.2), secs=2.5)
+    # Letters plus one per word (4, 4, 6, 5 of 19) over the 2 s of voice: the words end
+    # 0.42, 0.84, 1.47 and 2.0 s into it.
+    assert heard_words(cut, 0.1) == ""
+    assert heard_words(cut, 0.2 + 0.40) == ""
+    assert heard_words(cut, 0.2 + 0.45) == "one"
+    assert heard_words(cut, 0.2 + 0.90) == "one two"
+    assert heard_words(cut, 0.2 + 1.45) == "one two"
+    assert heard_words(cut, 0.2 + 1.50) == "one two three"
+    assert heard_words(cut, 2.2) == "one two three four"
+    assert heard_words(cut, 2.4) == "one two three four"
+
+
+def test_a_sentence_still_being_made_is_placed_by_its_letters():
+    # Only 0.5 s of its audio has come: its length is taken from 14 letters a second.
+    making = _Sentence("abcdefghijklmn opqrstuvwxyzab", secs=0.5, complete=False)
+    making.voiced = (0.0, 0.5)
+    assert heard_words(making, 0.5) == ""
+    assert heard_words(making, 1.2) == "abcdefghijklmn"
+
+
+def test_the_voiced_span_of_a_sentence_comes_from_its_audio():
+    rate = 24000
+    audio = np.concatenate([np.zeros(rate // 10), np.full(rate, 2000), np.zeros(rate // 5)]).astype(
+        np.int16
+    )
+    made = _Sentence("hello there")
+    made.add_audio(audio[: rate // 2].tobytes(), rate)
+    made.add_audio(audio[rate // 2 :].tobytes(), rate)
+    assert made.secs == pytest.approx(1.3)
+    start, end = made.voiced
+    assert start == pytest.approx(0.1, abs=0.011) and end == pytest.approx(1.1, abs=0.011)
