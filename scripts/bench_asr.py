@@ -368,7 +368,7 @@ class BufferedSystem(_Baseline):
         batched = [
             torch.cat([st[k] for st in states], dim=d) for k, d in enumerate(layout.batch_dims)
         ]
-        _, _, new = self.runner.decode(newest, lengths, batched)
+        *_, new = self.runner.decode(newest, lengths, batched)
         for row, i in enumerate(streams):
             self.state[i] = [
                 t.narrow(d, row, 1) for t, d in zip(new, layout.batch_dims, strict=True)

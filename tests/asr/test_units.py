@@ -9,7 +9,8 @@ import torch
 from services.asr.engine.engine import to_float32
 from services.asr.engine.events import to_pcm16
 from services.asr.engine.features import IncrementalMel
-from services.asr.engine.state import AudioBuffer, TextState
+from services.asr.engine.state import TextState
+from services.asr.engine.table import ARRIVALS, StreamTable
 
 from .conftest import babble
 
@@ -22,28 +23,76 @@ def test_incremental_mel_equals_offline(reference_model):
         offline, n = reference_model.preprocessor(
             input_signal=torch.from_numpy(audio)[None], length=torch.tensor([len(audio)])
         )
-    buffer = AudioBuffer()
-    buffer.append(audio)
+    table = StreamTable(1, ring_samples=len(audio) + 1000, mirror=1000, first_need=1)
+    row = table.take_row()
+    table.write(row, audio, 0.0)
     for a, b in ((0, 9), (9, 25), (25, 41), (100, 156), (0, 105), (150, int(n[0]))):
         lo, hi = features.window(a, b)
-        mel = features.compute(buffer.read(lo, hi)[None], b - a)
+        mel = features.compute(table.read(row, lo, hi, limit=len(audio))[None], b - a)
         assert mel.shape == (1, features.n_mels, b - a)
         assert torch.equal(mel[0], offline[0, :, a:b]), (a, b)
 
 
-def test_audio_buffer_zero_extends_and_trims():
-    buffer = AudioBuffer()
-    buffer.append(np.arange(1, 11, dtype=np.float32))
-    buffer.append(np.arange(11, 21, dtype=np.float32))
-    assert buffer.read(-3, 2).tolist() == [0, 0, 0, 1, 2]
-    assert buffer.read(18, 23).tolist() == [19, 20, 0, 0, 0]
-    assert buffer.read(5, 10, limit=7).tolist() == [6, 7, 0, 0, 0]
-    buffer.trim(15)
-    assert buffer.held == 5 and buffer.read(15, 17).tolist() == [16, 17]
+def test_stream_table_ring_wraps_mirrors_and_zero_extends():
+    """Every window of a stream pushed in odd pieces reads as the audio itself, across wraps."""
+    ring, mirror = 50, 12
+    table = StreamTable(3, ring_samples=ring, mirror=mirror, first_need=5)
+    rows = [table.take_row() for _ in range(3)]
+    audio = np.arange(1, 401, dtype=np.float32)
+    rng = np.random.default_rng(3)
+    pos = {row: 0 for row in rows}
+    for step in range(200):
+        row = rows[step % 3]
+        # Keep at most ring - mirror samples unread, as the engine's backlog check does.
+        n = int(rng.integers(1, 9))
+        n = min(n, len(audio) - pos[row])
+        if not n:
+            continue
+        table.write(row, audio[pos[row] : pos[row] + n], float(step))
+        pos[row] += n
+        # Windows (one gather for all rows) of the newest `mirror` samples, and single reads.
+        lo = np.array([max(pos[r] - mirror, -3) for r in rows])
+        got = table.gather(np.array(rows), lo, mirror, "test").numpy()
+        for i, r in enumerate(rows):
+            want = np.zeros(mirror, np.float32)
+            for j in range(mirror):
+                k = lo[i] + j
+                if 0 <= k < pos[r]:
+                    want[j] = audio[k]
+            if pos[r] >= mirror:  # a window past `written` is never asked for
+                assert got[i].tolist() == want.tolist(), (step, r)
+        hi = pos[row]
+        assert table.read(row, hi - 20, hi + 3, limit=hi - 1).tolist() == [
+            float(audio[k]) if 0 <= k < hi - 1 else 0.0 for k in range(hi - 20, hi + 3)
+        ]
+    # A window older than the ring is refused, not read as newer audio.
     with pytest.raises(RuntimeError):
-        buffer.read(10, 16)
-    buffer.clear()
-    assert buffer.total == 0 and buffer.held == 0
+        table.read(rows[0], 0, 10, limit=10)
+    # A new utterance's clock starts at its base.
+    table.base[rows[0]] = pos[rows[0]] - 4
+    assert (
+        table.read(rows[0], -2, 4, limit=4).tolist()
+        == [0, 0] + audio[pos[rows[0]] - 4 : pos[rows[0]]].tolist()
+    )
+
+
+def test_stream_table_arrivals_and_cleared_rows():
+    table = StreamTable(2, ring_samples=1000, mirror=100, first_need=7)
+    row = table.take_row()
+    for k in range(ARRIVALS + 5):  # more pushes than records
+        table.write(row, np.ones(10, np.float32), 100.0 + k)
+    rows = np.array([row, row])
+    # Audio complete after push 34 arrived with it; a moment older than every record gets
+    # the oldest record kept (push 5).
+    assert table.arrival_times(rows, np.array([350, 10])).tolist() == [134.0, 105.0]
+    table.slot[row] = 3
+    table.mel_pos[row] = 9
+    table.give_back(row)
+    again = table.take_row()
+    assert again == row  # the newest freed row is reused first
+    assert (table.written[row], table.mel_pos[row], table.slot[row]) == (0, 0, -1)
+    assert table.next_needed[row] == 7
+    assert np.isnan(table.arrival_times(np.array([row]), np.array([1]))[0])
 
 
 def _sentencepiece_like(vocab: list[str]):

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import gc
 import itertools
 import logging
@@ -38,7 +39,8 @@ from .loader import configure_for_streaming, load_asr_model
 from .runner import FIRST, ModelRunner
 from .scheduler import Scheduler, TickPlan
 from .slots import SlotPool
-from .state import RESET, FinalRequest, StreamState, TextState
+from .state import FinalRequest, ResetRequest, StreamState, TextState
+from .table import StreamTable
 from .words import WordTimer
 
 logger = logging.getLogger(__name__)
@@ -193,17 +195,36 @@ class ASREngine:
         )
         self._detok = model.decoding.decode_tokens_to_str_with_strip_punctuation
         self._words = WordTimer(model)
-        self._first_need = self._runner.features.samples_needed(self._runner.chunk_first)
-        self._hop = self._runner.features.hop
+        features = self._runner.features
+        self._first_need = features.samples_needed(self._runner.chunk_first)
+        self._hop = features.hop
         self._max_backlog_samples = int(self.config.max_backlog_s * SAMPLE_RATE)
+        # Each stream's ring holds its longest backlog and the window reaching back from it.
+        mirror = features.window_length(max(self._runner.chunk_first, self._runner.chunk))
+        # Rows of closed streams come back between ticks; the spare rows let callers open
+        # streams in their place meanwhile (the newest freed rows are reused first, so the
+        # spares cost memory only under that churn).
+        rows = self.config.max_streams + self.config.max_streams // 2 + 8
+        self._table = StreamTable(
+            rows,
+            ring_samples=self._max_backlog_samples + mirror + features.lookback,
+            mirror=mirror,
+            first_need=self._first_need,
+            pin_memory=self.device.type == "cuda",
+        )
+        self._by_row: list[ASRStream | None] = [None] * rows
+        # Streams with queued finalize/reset calls, and those holding deferred finals.
+        self._controls: collections.deque[StreamState] = collections.deque()
+        self._deferring: set[StreamState] = set()
         self._overloaded_pushes = 0
         # Guards the stream registry and the counters only; never held during model work.
         self._lock = threading.Lock()
+        self._rows_freed = threading.Condition(self._lock)  # the scheduler gave rows back
         self._wake = threading.Event()
         self._urgent = threading.Event()  # a final is queued: skip the batch window
         self._tick_lock = threading.Lock()  # held by the scheduler thread during a tick
         self._streams: dict[str, ASRStream] = {}
-        self._released: collections.deque[int] = collections.deque()  # slots closed streams freed
+        self._released: collections.deque[int] = collections.deque()  # rows of closed streams
         self._ids = itertools.count()
         self._tick = 0
         self._encoder_calls = 0
@@ -255,11 +276,23 @@ class ASREngine:
                 raise EngineFullError(
                     f"{len(self._streams)} streams open: max_streams={self.config.max_streams}"
                 )
+            if not self._table.free_rows and self._released:
+                # Closed streams' rows come back at the next tick (only a burst of opens and
+                # closes faster than ticks gets here): wake the scheduler and wait for it.
+                self._wake.set()
+                self._rows_freed.wait_for(lambda: self._table.free_rows, timeout=2.0)
+            if not self._table.free_rows:
+                raise EngineFullError(
+                    f"all {self._table.capacity} stream rows are taken by open streams and "
+                    "streams closed since the last tick"
+                )
             stream_id = f"{next(self._ids)}-{uuid.uuid4().hex[:8]}"
-            state = StreamState(stream_id, TextState(self._detok, self.config.max_utterance_chars))
-            state.next_needed = self._first_need
+            row = self._table.take_row()
+            text = TextState(self._detok, self.config.max_utterance_chars)
+            state = StreamState(stream_id, text, self._table, row)
             handle = ASRStream(self, state, on_event)
             self._streams[stream_id] = handle
+            self._by_row[row] = handle
             return handle
 
     def padded_length(self, n_samples: int) -> int:
@@ -298,7 +331,8 @@ class ASREngine:
         return {
             "live_streams": live,
             # Slots of closed streams wait for the next tick to be freed: they are not in use.
-            "slots_in_use": self._pool.in_use - len(self._released),
+            "slots_in_use": self._pool.in_use
+            - sum(int(self._table.slot[row]) >= 0 for row in list(self._released)),
             "slot_capacity": self._pool.capacity,
             "slot_pool_bytes": self._pool.nbytes(),
             "pending_finals": pending,
@@ -332,15 +366,21 @@ class ASREngine:
     # ---------------- called by ASRStream ----------------
 
     def _push(self, handle: ASRStream, samples: np.ndarray) -> None:
-        state = handle._state
+        state, table = handle._state, self._table
+        row = state.row
         now = time.perf_counter()
         with state.lock:
             if state.closed:
                 raise StreamClosedError(f"stream {state.id} is closed")
             if not samples.size:
                 return
-            # mel_pos is advanced by the scheduler thread; a stale read only delays the check.
-            backlog = state.pushed - state.mel_pos * self._hop
+            # Audio not yet encoded, from the live position on (written by the scheduler
+            # thread; a stale read only delays the check). The ring holds this much and the
+            # window before it, so the check also keeps the ring from overwriting audio a
+            # step or a final still needs.
+            written = table.written.item(row)
+            base = table.base.item(row)
+            backlog = written - base - table.mel_pos.item(row) * self._hop
             if backlog + samples.size > self._max_backlog_samples:
                 self._overloaded_pushes += 1
                 raise EngineOverloadedError(
@@ -348,10 +388,9 @@ class ASREngine:
                     f"(max_backlog_s={self.config.max_backlog_s}): the engine is overloaded; "
                     "send fewer streams to this engine or give it a faster device"
                 )
-            state.inbox.append((samples, now))
-            state.pushed += samples.size
-            wake = state.pushed >= state.next_needed
-        if wake:
+            table.write(row, samples, now)
+            wake = written + samples.size - base >= table.next_needed.item(row)
+        if wake and not self._wake.is_set():  # set() takes a lock: skip it when it is set
             self._wake.set()
 
     def _request_final(self, handle: ASRStream) -> concurrent.futures.Future:
@@ -361,23 +400,24 @@ class ASREngine:
             if state.closed:
                 future.set_exception(StreamClosedError(f"stream {state.id} is closed"))
                 return future
-            state.inbox.append(FinalRequest(time.perf_counter(), future))
+            pos = int(self._table.written[state.row])
+            state.inbox.append(FinalRequest(time.perf_counter(), future, pos=pos))
+        self._controls.append(state)
         self._urgent.set()
         self._wake.set()
         return future
 
     def _reset(self, handle: ASRStream) -> None:
-        state = handle._state
+        state, table = handle._state, self._table
         with state.lock:
             if state.closed:
                 raise StreamClosedError(f"stream {state.id} is closed")
             # A final queued before this is planned on the old utterance when the scheduler
             # applies the inbox, before this marker: it still gets its result.
-            state.inbox.append(RESET)
-            state.pushed = 0
+            state.inbox.append(ResetRequest(int(table.written[state.row])))
             state.utterance += 1
-            state.generation += 1
-            state.next_needed = self._first_need
+            table.generation[state.row] += 1
+        self._controls.append(state)
         self._wake.set()
 
     def _close(self, handle: ASRStream) -> None:
@@ -386,17 +426,16 @@ class ASREngine:
             if state.closed:
                 return
             state.closed = True
-            slot, state.slot = state.slot, None
+            self._table.open[state.row] = False
             pending = [item for item in state.inbox if isinstance(item, FinalRequest)]
             pending += state.deferred
             state.inbox, state.deferred = [], []
             subscribers, handle._subscribers = handle._subscribers, []
-        if slot is not None:
-            # Freed by the scheduler thread between ticks: a tick being planned or run may
-            # still hold this row, and handing it to a new stream in the same tick would give
-            # one call two rows writing the same slot.
-            self._released.append(slot)
-            self._wake.set()
+        # The row (and its slot) is freed by the scheduler thread between ticks: a tick being
+        # planned or run may still hold it, and handing it to a new stream in the same tick
+        # would give one call two rows writing the same slot.
+        self._released.append(state.row)
+        self._wake.set()
         with self._lock:
             self._streams.pop(state.id, None)
         for request in pending:
@@ -453,22 +492,34 @@ class ASREngine:
         (which keeps the scheduler thread out), inside ``torch.inference_mode()``.
         """
         self._wake.clear()
+        table = self._table
         while self._released:
-            self._pool.release(self._released.popleft())
-        with self._lock:
-            states = [h._state for h in self._streams.values()]
-        plan = self._scheduler.plan(states, self._tick, self._pool.acquire)
+            row = self._released.popleft()
+            slot = int(table.slot[row])
+            if slot >= 0:
+                self._pool.release(slot)
+            with self._lock:
+                self._by_row[row] = None
+                table.give_back(row)
+                self._rows_freed.notify_all()
+        controls: dict[int, StreamState] = {}  # each stream once, in first-call order
+        while self._controls:
+            state = self._controls.popleft()
+            controls.setdefault(id(state), state)
+        plan = self._scheduler.plan(
+            table, controls.values(), self._deferring, self._tick, self._pool.acquire
+        )
         if plan.empty:
             return 0
         started = time.perf_counter()
         try:
-            live_tokens, final_tokens = self._execute(plan)  # (ids, frames) per row
+            live, final = self._execute(plan)
         except Exception as exc:
             # Fail what was asked for in this tick; the other streams keep being served.
             for work in plan.finals:
                 _fail(work.request.future, exc)
             raise
-        finals, events = self._commit(plan, live_tokens, final_tokens)
+        finals, events = self._commit(plan, live, final)
         for future, event in finals:
             if not future.done():
                 try:
@@ -485,14 +536,17 @@ class ASREngine:
             self._batch_sizes.append(rows)
         return rows
 
-    def _slots(self, slots: list[int]) -> torch.Tensor:
+    def _slots(self, slots) -> torch.Tensor:
+        if isinstance(slots, np.ndarray):
+            return torch.from_numpy(slots).to(self.device)
         return torch.tensor(slots, dtype=torch.long, device=self.device)
 
-    def _execute(self, plan: TickPlan) -> tuple[list[tuple], list[tuple]]:
+    def _execute(self, plan: TickPlan) -> tuple[Decoded, Decoded]:
         """Run a tick's encoder calls and its one decode.
 
-        Returns ``(ids, frames)`` per live row and per final, frames counted from the first
-        encoder frame of that row's work in this tick.
+        Returns the tokens of the live rows (in the order of ``plan.live``) and of the finals
+        (in the order of ``plan.finals``), frames counted from the first encoder frame of that
+        row's work in this tick.
         """
         runner, pool, features = self._runner, self._pool, self._runner.features
         calls = 0
@@ -539,28 +593,22 @@ class ASREngine:
 
         # 2. Live steps: one encoder call per step shape, updating the slots in place.
         live_idx = []
-        steps = plan.live
-        for group in (plan.first, plan.second, plan.later):
-            if not group:
-                continue
-            kind = group[0].kind
-            idx = self._slots([s.slot for s in group])
-            n_frames = runner.chunk_first if kind == FIRST else runner.chunk
-            mel = features.compute(np.stack([s.window for s in group]), n_frames)
-            res = runner.encode(kind, mel, pool.encoder_state, idx)
+        for group in plan.live:
+            idx = self._slots(group.slots)
+            mel = features.compute(group.windows, group.n_frames)
+            res = runner.encode(group.kind, mel, pool.encoder_state, idx)
             calls += 1
-            if kind == FIRST:
+            if group.kind == FIRST:
                 pool.reset_decoder(idx)
             enc_parts.append(res.encoded)
             len_parts.append(res.lengths)
             live_idx.append(idx)
+            if self._encoder_tap is not None:
+                for i, row in enumerate(group.rows.tolist()):
+                    handle = self._by_row[row]
+                    if handle is not None:
+                        self._encoder_tap(handle.id, "live", res.encoded[i, :, : res.lengths[i]])
         n_live = plan.live_rows
-        if self._encoder_tap is not None and n_live:
-            row = 0
-            for enc, lens in zip(enc_parts, len_parts, strict=True):
-                for i in range(enc.shape[0]):
-                    self._encoder_tap(steps[row].stream.id, "live", enc[i, :, : lens[i]])
-                    row += 1
         if live_idx:
             all_live = torch.cat(live_idx)
             state_parts.append(pool.gather_decoder(all_live))
@@ -574,29 +622,33 @@ class ASREngine:
         lengths = torch.cat(len_parts)
         dims = runner.decoder_layout.batch_dims
         state = [torch.cat([p[k] for p in state_parts], dim=d) for k, d in enumerate(dims)]
-        ids, frames, new_state = runner.decode(encoded, lengths, state)
-        tokens = list(zip(ids, frames, strict=True))
+        counts, ids, frames, new_state = runner.decode(encoded, lengths, state)
         if n_live:
             pool.scatter_decoder(
                 all_live, [t.narrow(d, 0, n_live) for t, d in zip(new_state, dims, strict=True)]
             )
         with self._lock:
             self._encoder_calls += calls
+        live = Decoded(counts[:n_live], ids[:n_live], frames[:n_live])
+        order = np.empty(len(final_order), np.int64)
+        order[np.asarray(final_order, np.int64)] = np.arange(len(final_order)) + n_live
+        return live, Decoded(counts[order], ids[order], frames[order])
 
-        final_tokens: list[tuple] = [([], []) for _ in plan.finals]
-        for row, i in enumerate(final_order):
-            final_tokens[i] = tokens[n_live + row]
-        return tokens[:n_live], final_tokens
+    def _commit(self, plan: TickPlan, live: Decoded, final: Decoded):
+        """Apply a tick's results to the streams; return what to deliver (scheduler thread).
 
-    def _commit(self, plan: TickPlan, live_tokens, final_tokens):
-        """Apply a tick's results to the streams; return what to deliver (scheduler thread)."""
+        Positions, clocks and readiness of every live row are array updates; only rows with
+        new tokens (text, word times, a partial) and finals get Python work.
+        """
         now = time.perf_counter()
+        table, hop, chunk = self._table, self._hop, self._runner.chunk
         features = self._runner.features
         finals = []
         events = []
-        chunk_ms: list[float] = []
+        chunk_ms: list[np.ndarray] = []
         out_per_step = self._runner.out_per_step
-        for work, (ids, frames) in zip(plan.finals, final_tokens, strict=True):
+        for i, work in enumerate(plan.finals):
+            ids, frames = final.tokens(i)
             request = work.request
             if work.stream.closed:
                 _fail(request.future, StreamClosedError(f"stream {work.stream.id} is closed"))
@@ -615,54 +667,71 @@ class ASREngine:
                 words=self._words.words(times.ids, times.frames),
             )
             finals.append((request.future, event))
-        for step, (ids, frames) in zip(plan.live, live_tokens, strict=True):
-            state = step.stream
-            if state.closed:
-                continue  # its slot may already belong to another stream
+        offset = 0
+        for group in plan.live:
+            rows = group.rows
             # The step has advanced the model state in the slot whatever the caller did since:
-            # the scheduler-side position and text must follow it even after a reset() (applied
-            # at the next plan), or a final queued before that reset would be planned from the
-            # old position on caches one step ahead.
-            new_pos = step.start + step.n_frames
-            state.audio.trim(features.window(new_pos, new_pos)[0])
-            state.mel_pos = new_pos
-            state.last_served = plan.tick
-            changed = state.text.extend(ids)
-            if ids:
-                base = self._scheduler.encoder_frames_before(step.start, out_per_step)
-                state.tokens.extend(ids, [base + f for f in frames])
-            with state.lock:
-                current = state.generation == step.generation
-                if current:
-                    state.next_needed = self._scheduler.samples_for_next_step(state)
-            if not current:
-                continue  # reset meanwhile: no partial for an utterance the caller ended
-            arrived = state.arrival_time(step.audio_needed)
-            if arrived is not None:
-                chunk_ms.append((now - arrived) * 1000)
-            if not changed:
-                continue
-            with self._lock:
-                handle = self._streams.get(state.id)
-            if handle is None:
-                continue
-            with state.lock:
-                if state.generation != step.generation:
+            # the scheduler-side position must follow it even after a reset() (applied at the
+            # next plan), or a final queued before that reset would be planned from the old
+            # position on caches one step ahead. Closed rows are cleared before reuse.
+            new_pos = group.start + group.n_frames
+            table.mel_pos[rows] = new_pos
+            table.last_served[rows] = plan.tick
+            table.next_needed[rows] = features.samples_needed(new_pos + chunk)
+            # A reset meanwhile: no partial or latency for an utterance the caller ended.
+            current = table.open[rows] & (table.generation[rows] == group.generation)
+            arrived = table.arrival_times(rows, group.audio_needed)
+            seen = current & ~np.isnan(arrived)
+            chunk_ms.append((now - arrived[seen]) * 1000)
+            counts = live.counts[offset : offset + len(rows)]
+            for i in np.flatnonzero(counts).tolist():  # rows with new tokens only
+                ids, frames = live.tokens(offset + i)
+                handle = self._by_row[int(rows[i])]
+                if handle is None:
                     continue
-                subscribers = list(handle._subscribers)
-            event = TranscriptEvent(
-                stream_id=state.id,
-                text=state.text.text,
-                is_final=False,
-                audio_start_s=0.0,
-                audio_end_s=new_pos * features.hop / SAMPLE_RATE,
-                latency_s=None if arrived is None else now - arrived,
-                utterance=state.sched_utterance,
-            )
-            events.append((handle, event, subscribers))
+                state = handle._state
+                if state.closed:
+                    continue
+                changed = state.text.extend(ids)
+                start = int(group.start[i])
+                base = self._scheduler.encoder_frames_before(start, out_per_step)
+                state.tokens.extend(ids, [base + f for f in frames])
+                if not changed or not current[i]:
+                    continue
+                with state.lock:
+                    if int(table.generation[state.row]) != int(group.generation[i]):
+                        continue
+                    subscribers = list(handle._subscribers)
+                arrival = arrived[i]
+                event = TranscriptEvent(
+                    stream_id=state.id,
+                    text=state.text.text,
+                    is_final=False,
+                    audio_start_s=0.0,
+                    audio_end_s=int(new_pos[i]) * hop / SAMPLE_RATE,
+                    latency_s=None if np.isnan(arrival) else now - float(arrival),
+                    utterance=state.sched_utterance,
+                )
+                events.append((handle, event, subscribers))
+            offset += len(rows)
         with self._lock:
-            self._chunk_ms.extend(chunk_ms)
+            for values in chunk_ms:
+                self._chunk_ms.extend(values.tolist())
         return finals, events
+
+
+@dataclasses.dataclass
+class Decoded:
+    """Tokens of a decode's rows: ``counts`` ``[R]``; ``ids``, ``frames`` ``[R, W]`` (padded)."""
+
+    counts: np.ndarray
+    ids: np.ndarray
+    frames: np.ndarray
+
+    def tokens(self, row: int) -> tuple[list[int], list[int]]:
+        """Token ids of ``row`` and the encoder frame of each."""
+        n = int(self.counts[row])
+        return self.ids[row, :n].tolist(), self.frames[row, :n].tolist()
 
 
 def _on_device(device: torch.device):

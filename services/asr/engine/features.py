@@ -53,7 +53,8 @@ class IncrementalMel:
         """Mel frames for a batch of equal-length sample windows.
 
         Args:
-            windows: float32 ``[B, window_length(n_frames)]`` from ``window(a, a + n_frames)``.
+            windows: float32 ``[B, window_length(n_frames)]`` (array or CPU tensor) from
+                ``window(a, a + n_frames)``.
             n_frames: frames wanted per row.
 
         Returns:
@@ -62,7 +63,9 @@ class IncrementalMel:
         batch, length = windows.shape
         if length != self.window_length(n_frames):
             raise ValueError(f"window of {length} samples does not give {n_frames} frames")
-        signal = torch.from_numpy(windows).to(self.device, non_blocking=True)
+        if isinstance(windows, np.ndarray):
+            windows = torch.from_numpy(windows)
+        signal = windows.to(self.device, non_blocking=True)
         lengths = torch.full((batch,), length, dtype=torch.long, device=self.device)
         # The preprocessor must stay fp32 even when the encoder runs under bf16 autocast.
         with torch.autocast(self.device.type, enabled=False):

@@ -238,7 +238,7 @@ class ModelRunner:
 
     def decode(
         self, encoded: torch.Tensor, lengths: torch.Tensor, state: list[torch.Tensor]
-    ) -> tuple[list[list[int]], list[list[int]], list[torch.Tensor]]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[torch.Tensor]]:
         """One batched greedy decode continuing each row from ``state``.
 
         Args:
@@ -247,8 +247,9 @@ class ModelRunner:
             state: decoder state tensors (layout ``decoder_layout``).
 
         Returns:
-            New token ids per row, the frame (index into the row's ``T``) of each, and the new
-            decoder state.
+            ``counts`` ``[B]`` new tokens per row; ``ids`` and ``frames`` ``[B, W]`` int64 (row
+            ``i`` valid up to ``counts[i]``; frames index the row's ``T``); the new decoder
+            state. Arrays, not per-row lists: most rows of a tick emit nothing.
         """
         # The decoder and joint are small: they run in fp32 even in bf16 mode (the bf16 LSTM has
         # no oneDNN kernel on CPU, and fp32 keeps greedy argmax ties out of the picture).
@@ -257,14 +258,12 @@ class ModelRunner:
             out_len=lengths,
             prev_batched_state=self._to_nemo_state(state),
         )
-        counts = hyps.current_lengths.tolist()
-        width = max(counts, default=0)
-        rows = hyps.transcript[:, :width].tolist() if width else [[] for _ in counts]
-        times = hyps.timestamps[:, :width].tolist() if width else [[] for _ in counts]
-        tokens = [row[:n] for row, n in zip(rows, counts, strict=True)]
-        frames = [row[:n] for row, n in zip(times, counts, strict=True)]
+        counts = hyps.current_lengths.cpu().numpy().astype(np.int64)
+        width = int(counts.max(initial=0))
+        ids = hyps.transcript[:, :width].cpu().numpy().astype(np.int64)
+        frames = hyps.timestamps[:, :width].cpu().numpy().astype(np.int64)
         pred = list(new.predictor_states)
-        return tokens, frames, [*pred, new.predictor_outputs, new.labels]
+        return counts, ids, frames, [*pred, new.predictor_outputs, new.labels]
 
     # ---- warm-up ----
 

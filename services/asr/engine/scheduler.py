@@ -1,7 +1,9 @@
 """Tick planning: which streams step now, with which shape, and which finals run.
 
-Pure bookkeeping over ``StreamState`` (no torch): the engine calls ``plan`` under its lock, then
-runs the plan without the lock. Each tick holds at most three kinds of work:
+Bookkeeping over the ``StreamTable`` (no model): the scheduler thread calls ``plan`` between
+ticks. Live steps are planned with array operations over every row (readiness, step kind, one
+audio gather per kind); only streams with queued calls or deferred finals are visited one by
+one. Each tick holds at most four kinds of work:
 
 - first steps (``chunk_size[0]`` frames, drop 0) for streams starting an utterance;
 - second steps, only where the first step is shorter than the pre-encode cache (80 ms chunks):
@@ -19,24 +21,29 @@ import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
+import torch
 
 from .features import IncrementalMel
 from .runner import FIRST, LATER, SECOND
-from .state import RESET, FinalRequest, StreamState, TextState, TokenTimes
+from .state import FinalRequest, ResetRequest, StreamState, TextState, TokenTimes
+from .table import NO_LIMIT, StreamTable
 
 
 @dataclasses.dataclass
-class LiveStep:
-    """One stream's regular step."""
+class LiveGroup:
+    """The live steps of one encoder call (one step kind), as arrays over its ``B`` rows."""
 
-    stream: StreamState
-    generation: int
     kind: str
-    start: int  # first mel frame
+    rows: np.ndarray  # [B] table rows
+    slots: np.ndarray  # [B] slot pool rows
+    start: np.ndarray  # [B] first mel frame of the step
     n_frames: int
-    window: np.ndarray  # samples for the mel frames
-    slot: int
-    audio_needed: int  # samples the step needed (for chunk latency)
+    windows: torch.Tensor  # [B, window_length(n_frames)] samples for the mel frames (CPU)
+    generation: np.ndarray  # [B] stream generation the step was planned at
+    audio_needed: np.ndarray  # [B] utterance samples the step needed (for chunk latency)
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 @dataclasses.dataclass
@@ -57,28 +64,16 @@ class FinalWork:
 @dataclasses.dataclass
 class TickPlan:
     tick: int
-    first: list[LiveStep]
-    later: list[LiveStep]
+    live: list[LiveGroup]  # first, second, later steps (non-empty groups, in that order)
     finals: list[FinalWork]
-    second: list[LiveStep] = dataclasses.field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.first or self.second or self.later or self.finals)
-
-    @property
-    def live(self) -> list[LiveStep]:
-        """Every live step, in the order of the tick's decode rows."""
-        return self.first + self.second + self.later
+        return not (self.live or self.finals)
 
     @property
     def live_rows(self) -> int:
-        return len(self.first) + len(self.second) + len(self.later)
-
-
-def _is_control(item: object) -> bool:
-    """A reset or a finalize request (the rest of an inbox is audio)."""
-    return item is RESET or isinstance(item, FinalRequest)
+        return sum(len(group) for group in self.live)
 
 
 class Scheduler:
@@ -107,21 +102,11 @@ class Scheduler:
             return FIRST
         return SECOND if mel_pos < self.pre_cache else LATER
 
-    def step_frames(self, stream: StreamState) -> tuple[str, int]:
-        """Kind and frame count of the stream's next live step."""
-        kind = self.kind_at(stream.mel_pos)
-        return kind, self.chunk_first if kind == FIRST else self.chunk
-
     def encoder_frames_before(self, mel_pos: int, out_per_step: int) -> int:
         """Encoder frames the utterance has produced once its steps reached ``mel_pos``."""
         if mel_pos == 0:
             return 0
         return out_per_step * (1 + (mel_pos - self.chunk_first) // self.chunk)
-
-    def samples_for_next_step(self, stream: StreamState) -> int:
-        """Samples the stream needs before its next live step can run."""
-        _, n = self.step_frames(stream)
-        return self.features.samples_needed(stream.mel_pos + n)
 
     def final_frames(self, n_samples: int) -> int:
         """Mel frames of a final over ``n_samples`` samples: covers them, on the chunk grid."""
@@ -136,83 +121,101 @@ class Scheduler:
 
     def plan(
         self,
-        streams: Iterable[StreamState],
+        table: StreamTable,
+        controls: Iterable[StreamState],
+        deferring: set[StreamState],
         tick: int,
         acquire_slot: Callable[[], int],
     ) -> TickPlan:
         """Apply what callers queued, then build the work of one tick (scheduler thread).
 
-        Queued pushes, finalize requests and resets are applied in call order, so a final
-        covers exactly the audio pushed before its ``finalize`` call and is planned from the
-        stream's state at that point (its copy is taken before this tick's live steps).
+        Args:
+            table: every open stream's arrays (``open``, positions, audio).
+            controls: streams with queued finalize or reset calls (each at most once).
+            deferring: streams holding deferred finals; updated here.
+            tick: this tick's number (round-robin fairness).
+            acquire_slot: hands out a slot pool row for a stream's first step.
+
+        Queued finalize requests and resets are applied in call order, each at the stream
+        position it was made at, so a final covers exactly the audio pushed before its
+        ``finalize`` call and is planned from the stream's state at that point (its copy is
+        taken before this tick's live steps). Only those streams and the ones with deferred
+        finals are visited one by one; readiness, step shapes and audio windows of the live
+        steps are array operations over all rows.
         """
-        ready: list[tuple[StreamState, int]] = []
+        # Snapshot the audio counts before taking the inboxes: a reset taken below was made
+        # at a position at most this count, so no live step reads a later utterance's audio.
+        written = table.written.copy()
         finals: list[FinalWork] = []
-        now = time.perf_counter()
-        for stream in streams:
-            items, generation = stream.take_inbox()
-            # Only audio follows the last reset or final of the inbox.
-            last_control = max((i for i, item in enumerate(items) if _is_control(item)), default=-1)
+        for stream in controls:
+            items = stream.take_inbox()
+            row = stream.row
             for i, item in enumerate(items):
-                if _is_control(item):
-                    # Anything but audio ends the wait of a deferred final: it is planned
-                    # first, on the state it was asked for.
-                    finals += self._plan_deferred(stream)
-                if item is RESET:
-                    stream.new_utterance()
-                elif isinstance(item, FinalRequest):
-                    item.n_samples = stream.audio.total
-                    item.utterance = stream.sched_utterance
-                    if i == last_control and self._behind(stream, item.n_samples):
-                        with stream.lock:
-                            stream.deferred.append(item)
-                    else:
-                        finals.append(self._plan_final(stream, item))
-                else:
-                    samples, pushed_at = item
-                    stream.audio.append(samples)
-                    stream.arrivals.append((stream.audio.total, pushed_at))
-            stream.next_needed = self.samples_for_next_step(stream)
-            # With a final deferred, live steps may only use the audio that final covers.
-            limit = stream.deferred[0].n_samples if stream.deferred else stream.audio.total
-            can_step = stream.audio.total >= stream.next_needed and limit >= stream.next_needed
-            if stream.deferred and (
-                not can_step or now - stream.deferred[0].requested_at > self.max_defer_s
-            ):
-                finals += self._plan_deferred(stream)
-                can_step = stream.audio.total >= stream.next_needed
-            if not stream.closed and can_step:
-                ready.append((stream, generation))
-        # Round robin under overload: streams served longest ago go first.
-        ready.sort(key=lambda item: item[0].last_served)
-        by_kind: dict[str, list[LiveStep]] = {FIRST: [], SECOND: [], LATER: []}
-        for stream, generation in ready[: self.max_batch]:
-            with stream.lock:
-                if stream.closed:
+                # Any call ends the wait of a deferred final: it is planned first, on the
+                # state it was asked for.
+                finals += self._plan_deferred(stream, deferring)
+                if isinstance(item, ResetRequest):
+                    stream.new_utterance(item.pos)
                     continue
-                if stream.slot is None:
-                    stream.slot = acquire_slot()
-                slot = stream.slot
-            kind, n = self.step_frames(stream)
-            lo, hi = self.features.window(stream.mel_pos, stream.mel_pos + n)
-            step = LiveStep(
-                stream=stream,
-                generation=generation,
-                kind=kind,
-                start=stream.mel_pos,
-                n_frames=n,
-                window=stream.audio.read(lo, hi),
-                slot=slot,
-                audio_needed=hi,
+                item.n_samples = item.pos - int(table.base[row])
+                item.utterance = stream.sched_utterance
+                if i == len(items) - 1 and self._behind(stream, item.n_samples):
+                    with stream.lock:
+                        stream.deferred.append(item)
+                    deferring.add(stream)
+                else:
+                    finals.append(self._plan_final(stream, item))
+        now = time.perf_counter()
+        for stream in list(deferring):
+            row = stream.row
+            with stream.lock:
+                first = stream.deferred[0] if stream.deferred else None
+            if first is None or stream.closed:
+                deferring.discard(stream)
+                table.limit[row] = NO_LIMIT
+                continue
+            # Live steps may only use the audio the deferred final covers.
+            need = int(table.next_needed[row])
+            can_step = int(written[row] - table.base[row]) >= need and first.n_samples >= need
+            if not can_step or now - first.requested_at > self.max_defer_s:
+                finals += self._plan_deferred(stream, deferring)
+            else:
+                table.limit[row] = first.n_samples
+
+        # Readiness of every row at once.
+        need = table.next_needed
+        ready = table.open & (written - table.base >= need) & (table.limit >= need)
+        rows = np.flatnonzero(ready)
+        if len(rows) > self.max_batch:  # round robin under overload: longest unserved first
+            order = np.argsort(table.last_served[rows], kind="stable")
+            rows = np.sort(rows[order[: self.max_batch]])
+        new = rows[table.slot[rows] < 0]
+        for row in new.tolist():  # streams starting: slots on first use
+            table.slot[row] = acquire_slot()
+        mel = table.mel_pos[rows]
+        first = mel == 0
+        second = ~first & (mel < self.pre_cache)
+        groups = []
+        for kind, mask in ((FIRST, first), (SECOND, second), (LATER, ~first & ~second)):
+            members = rows[mask]
+            if not len(members):
+                continue
+            n = self.chunk_first if kind == FIRST else self.chunk
+            start = mel[mask]
+            lo, hi = self.features.window(start, start + n)
+            groups.append(
+                LiveGroup(
+                    kind=kind,
+                    rows=members,
+                    slots=table.slot[members],
+                    start=start,
+                    n_frames=n,
+                    windows=table.gather(members, lo, self.features.window_length(n), kind),
+                    generation=table.generation[members],
+                    audio_needed=hi,
+                )
             )
-            by_kind[kind].append(step)
-        return TickPlan(
-            tick=tick,
-            first=by_kind[FIRST],
-            second=by_kind[SECOND],
-            later=by_kind[LATER],
-            finals=finals,
-        )
+        return TickPlan(tick=tick, live=groups, finals=finals)
 
     def _behind(self, stream: StreamState, n_samples: int) -> bool:
         """Whether a final over ``n_samples`` would redo more than two steps of live work.
@@ -226,9 +229,12 @@ class Scheduler:
         next_step = self.chunk_first if stream.mel_pos == 0 else self.chunk
         return frames > next_step + self.chunk
 
-    def _plan_deferred(self, stream: StreamState) -> list[FinalWork]:
+    def _plan_deferred(self, stream: StreamState, deferring: set[StreamState]) -> list[FinalWork]:
         with stream.lock:
             requests, stream.deferred = stream.deferred, []
+        if requests:
+            deferring.discard(stream)
+            stream.table.limit[stream.row] = NO_LIMIT
         return [self._plan_final(stream, request) for request in requests]
 
     def _plan_final(self, stream: StreamState, request: FinalRequest) -> FinalWork:
@@ -245,14 +251,15 @@ class Scheduler:
             substeps.append((self.kind_at(pos), self.chunk))
             pos += self.chunk
         lo, hi = self.features.window(start, end)
+        slot = stream.slot if start > 0 else None  # mel_pos > 0 implies a slot
         return FinalWork(
             stream=stream,
             request=request,
             start=start,
             end=end,
             substeps=substeps,
-            window=stream.audio.read(lo, hi, limit=request.n_samples),
-            slot=stream.slot if start > 0 else None,  # mel_pos > 0 implies a slot
+            window=stream.table.read(stream.row, lo, hi, limit=request.n_samples),
+            slot=slot,
             text=stream.text.snapshot(),
             tokens=stream.tokens.snapshot(),
         )

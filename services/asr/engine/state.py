@@ -1,74 +1,17 @@
-"""Per-stream bookkeeping: audio, feature position, slot, text, queued requests.
+"""Per-stream bookkeeping that is not a per-row array: text, tokens, queued requests.
 
-Plain Python/numpy only: model tensors live in the slot pool, so a final's copy of a stream's
-state here is cheap (a text snapshot and a slice of audio).
+Plain Python only: model tensors live in the slot pool and per-row scalars and audio in the
+``StreamTable``, so a final's copy of a stream's state here is cheap (a text snapshot).
 """
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import dataclasses
 import threading
 from collections.abc import Callable
 
-import numpy as np
-
-
-class AudioBuffer:
-    """Samples of the current utterance, indexed from its start; old samples are dropped."""
-
-    def __init__(self) -> None:
-        self._chunks: list[np.ndarray] = []
-        self._start = 0  # utterance index of the first sample held
-        self.total = 0  # samples pushed since the utterance began
-
-    @property
-    def held(self) -> int:
-        """Samples currently kept in memory."""
-        return self.total - self._start
-
-    def append(self, samples: np.ndarray) -> None:
-        if samples.size:
-            self._chunks.append(samples)
-            self.total += samples.size
-
-    def _joined(self) -> np.ndarray:
-        if len(self._chunks) != 1:
-            self._chunks = [
-                np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
-            ]
-        return self._chunks[0]
-
-    def read(self, lo: int, hi: int, limit: int | None = None) -> np.ndarray:
-        """Samples ``[lo, hi)``; indices below 0 or at/after ``limit`` (or the end) are zeros."""
-        out = np.zeros(hi - lo, dtype=np.float32)
-        end = self.total if limit is None else min(limit, self.total)
-        s0, s1 = max(lo, 0), min(hi, end)
-        if s1 > s0:
-            if s0 < self._start:
-                raise RuntimeError(
-                    f"samples from {s0} were already dropped (held from {self._start})"
-                )
-            data = self._joined()
-            out[s0 - lo : s1 - lo] = data[s0 - self._start : s1 - self._start]
-        return out
-
-    def trim(self, keep_from: int) -> None:
-        """Forget samples before ``keep_from`` (they will never be read again)."""
-        keep_from = min(max(keep_from, self._start), self.total)
-        if keep_from == self._start:
-            return
-        data = self._joined()
-        # Copy so the dropped prefix is really released, not kept alive as a view's base.
-        self._chunks = [data[keep_from - self._start :].copy()]
-        self._start = keep_from
-
-    def clear(self) -> None:
-        """Start a new utterance clock at zero."""
-        self._chunks = []
-        self._start = 0
-        self.total = 0
+from .table import StreamTable
 
 
 class TextState:
@@ -216,67 +159,68 @@ class FinalRequest:
 
     requested_at: float
     future: concurrent.futures.Future
-    n_samples: int = 0  # set when the scheduler takes the request (audio pushed before it)
+    pos: int = 0  # stream samples pushed before the call (absolute, set by the caller)
+    n_samples: int = 0  # the same, counted in the utterance (set by the scheduler)
     utterance: int = 0
 
 
-RESET = "reset"
+@dataclasses.dataclass(frozen=True)
+class ResetRequest:
+    """A ``reset`` call: the next utterance starts at stream sample ``pos`` (absolute)."""
+
+    pos: int
 
 
 class StreamState:
-    """State of one stream, split by owner.
+    """State of one stream that is not a per-row scalar of the ``StreamTable``.
 
     Callers (any thread) touch only the inbox side, under ``lock``, which is held for a few
-    list operations at most: pushes, finalize requests and resets are queued in order and
-    applied by the scheduler thread when it plans the next tick. Everything else (audio buffer,
-    feature position, text) belongs to the scheduler thread alone, so callers never wait for
-    model work or for a tick to be planned.
+    list operations at most: finalize requests and resets are queued in order, each with the
+    stream position it was made at, and applied by the scheduler thread when it plans the next
+    tick (audio goes straight to the table's ring). Everything else (text, tokens) belongs to
+    the scheduler thread alone, so callers never wait for model work or for a tick.
     """
 
-    def __init__(self, stream_id: str, text: TextState) -> None:
+    def __init__(self, stream_id: str, text: TextState, table: StreamTable, row: int) -> None:
         self.id = stream_id
         self.lock = threading.Lock()
+        self.table = table
+        self.row = row
         # ---- caller side (guarded by lock) ----
-        self.inbox: list = []  # (samples, time) | FinalRequest | RESET, in call order
-        self.pushed = 0  # samples pushed in the current utterance
+        self.inbox: list[FinalRequest | ResetRequest] = []  # in call order
         self.utterance = 0  # utterance index as callers see it
-        self.generation = 0  # bumped by reset(): results planned before it are dropped
         self.closed = False
-        self.slot: int | None = None  # set by the scheduler, cleared by close (both under lock)
-        self.next_needed = 0  # samples the next step needs (written by the scheduler)
         # Finals waiting for the live steps to catch up (the engine is behind); the scheduler
         # adds and plans them, close() fails them.
         self.deferred: list[FinalRequest] = []
         # ---- scheduler side ----
-        self.audio = AudioBuffer()
         self.text = text
         self.tokens = TokenTimes()
         self.sched_utterance = 0
-        self.mel_pos = 0  # mel frames consumed by the encoder (0: the first step is next)
-        self.last_served = -1  # tick of the last step, for round-robin fairness
-        # (samples so far, time) after each push: tells when a chunk's audio was complete.
-        self.arrivals: collections.deque[tuple[int, float]] = collections.deque()
 
-    def take_inbox(self) -> tuple[list, int]:
-        """Everything queued by callers since the last call, and the generation it ends at."""
+    @property
+    def mel_pos(self) -> int:
+        """Mel frames the live steps consumed in this utterance (0: the first step is next)."""
+        return int(self.table.mel_pos[self.row])
+
+    @property
+    def slot(self) -> int | None:
+        """The slot pool row holding this stream's model state (None before its first step)."""
+        slot = int(self.table.slot[self.row])
+        return None if slot < 0 or self.closed else slot
+
+    def take_inbox(self) -> list[FinalRequest | ResetRequest]:
+        """Everything queued by callers since the last call."""
         with self.lock:
             items, self.inbox = self.inbox, []
-            return items, self.generation
+            return items
 
-    def new_utterance(self) -> None:
-        """Forget the utterance: audio, features position, text; the next step is a first step."""
-        self.audio.clear()
+    def new_utterance(self, pos: int) -> None:
+        """Start the next utterance at stream sample ``pos``: text cleared, a first step next."""
+        table, row = self.table, self.row
+        table.base[row] = pos
+        table.mel_pos[row] = 0
+        table.next_needed[row] = table.first_need
         self.text.clear()
         self.tokens.clear()
-        self.arrivals.clear()
-        self.mel_pos = 0
         self.sched_utterance += 1
-
-    def arrival_time(self, n_samples: int) -> float | None:
-        """When the stream first had ``n_samples`` samples; older records are dropped."""
-        while len(self.arrivals) > 1 and self.arrivals[1][0] <= n_samples:
-            self.arrivals.popleft()
-        for total, t in self.arrivals:
-            if total >= n_samples:
-                return t
-        return None
