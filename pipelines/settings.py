@@ -83,6 +83,9 @@ class STTSettings(_Section):
     language: str = "en"
     server_url: str = "ws://127.0.0.1:8765"
     server_token: SecretStr | None = None
+    # stt.backend = "remote": audio of the current utterance kept to replay on a failover to
+    # another server (32 KB per second per session); a longer utterance loses its head then.
+    replay_secs: float = Field(20.0, gt=0, le=300)
 
     @field_validator("device")
     @classmethod

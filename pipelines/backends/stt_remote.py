@@ -1,7 +1,9 @@
 """``stt.backend = "remote"``: Nemotron on a shared ASR server (``voice-agent asr-server``).
 
 The bot streams each session to ``stt.server_url`` with ``stt.server_token``; one server (one GPU)
-serves many bot processes. Frames and metrics are those of the in-process backend.
+serves many bot processes. Frames and metrics are those of the in-process backend. A session that
+loses its server fails over to whatever the URL reaches next, replaying up to
+``stt.replay_secs`` of the current utterance.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def build(settings: AgentSettings) -> RemoteNemotronSTTService:
     return RemoteNemotronSTTService(
         url=settings.stt.server_url,
         token=_token(settings),
+        replay_secs=settings.stt.replay_secs,
         # Each speculative final at the VAD stop is an eager end of turn the LLM answers.
         enable_eager_end_of_turn=settings.turn.speculative,
     )

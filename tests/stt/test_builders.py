@@ -24,11 +24,15 @@ def settings_with(**stt):
 
 def test_remote_backend_from_config():
     settings = settings_with(
-        backend="remote", server_url="ws://10.0.0.5:9000/v1/stream", server_token="tok"
+        backend="remote",
+        server_url="ws://10.0.0.5:9000/v1/stream",
+        server_token="tok",
+        replay_secs=7.5,
     )
     service = resolve("stt", settings.stt.backend)(settings)
     assert isinstance(service, RemoteNemotronSTTService)
     assert service._url == "ws://10.0.0.5:9000/v1/stream" and service._token == "tok"
+    assert service.replay_secs == 7.5
 
 
 def test_nemotron_backend_uses_fp32_on_cpu(tiny_nemo):

@@ -10,6 +10,7 @@ from pipecat.frames.frames import (
     InterimTranscriptionFrame,
     MetricsFrame,
     TranscriptionFrame,
+    UserStoppedSpeakingFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
@@ -61,6 +62,9 @@ async def test_bots_reconnect_and_go_on_after_a_server_restart(start_server):
         await asyncio.gather(*(speak(live) for live in lives))
         for live in lives:
             assert await live.wait_for(lambda live=live: len(live.of(TranscriptionFrame)) == 1)
+            # The turn ends: what follows is a new utterance (a failover inside an utterance
+            # replays it instead, see tests/stt/test_remote_failover.py).
+            await live.send(UserStoppedSpeakingFrame())
 
         await first.stop()  # the server goes away while the bots are connected
         for bot in bots:
