@@ -176,11 +176,15 @@ class ASREngine:
             self._runner = ModelRunner(model, self.config, self.device)
             if self._runner.features.sample_rate != SAMPLE_RATE:
                 raise ValueError(f"model expects {self._runner.features.sample_rate} Hz audio")
+            graphs = self._runner.use_graphs
             self._pool = SlotPool(
                 self._runner.cache_layout,
                 self._runner.decoder_layout,
                 max_slots=self.config.max_streams,
+                scratch=graphs,  # graphs step pool rows in place: allocate them all now
             )
+            if graphs:
+                self._runner.bind_store(self._pool.encoder_state, self._pool.scratch)
             if self.config.warmup:
                 self._runner.warmup(self.config.max_batch)
         if self.config.freeze_gc:

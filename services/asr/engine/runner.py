@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,15 +98,21 @@ class ModelRunner:
         self.use_graphs = bool(config.cuda_graphs and self.use_cuda)
         if config.cuda_graphs and not self.use_cuda:
             logger.warning("cuda_graphs ignored: device %s is not CUDA", device)
-        if not self.use_graphs:
-            self.buckets: tuple[int, ...] = ()  # eager calls need no fixed shapes
-        elif config.batch_buckets:
-            self.buckets = config.batch_buckets
-        else:
-            top = next((b for b in _CUDA_BUCKETS if b >= config.max_batch), config.max_batch)
-            self.buckets = tuple(b for b in _CUDA_BUCKETS if b < top) + (top,)
+        self.buckets: tuple[int, ...] = ()  # eager calls need no fixed shapes
+        if self.use_graphs:
+            top = config.max_batch  # the top bucket: the scheduler never plans more rows
+            given = config.batch_buckets
+            self.buckets = tuple(b for b in (given or _CUDA_BUCKETS) if b < top) + (top,)
         self._graphs: dict[tuple[str, int], _GraphedEncoderStep] = {}
         self._graph_pool = None
+        self._graph_factory: Callable[..., Any] = _CudaGraph
+        # Bound by ``bind_store``: the slot pool's encoder state, which the graphs read and write
+        # in place, and the row that padded rows of a bucket point at.
+        self._store: dict[str, torch.Tensor] | None = None
+        self._scratch = -1
+        self._static_rows: torch.Tensor | None = None
+        self._static_mel: dict[int, torch.Tensor] = {}
+        self._missed: set[tuple[str, int]] = set()
 
         decoder, joint = model.decoder, model.joint
         if not getattr(decoder, "blank_as_pad", False):
@@ -180,6 +188,20 @@ class ModelRunner:
             rows: indices of the B rows in ``caches`` (None: ``caches`` holds exactly B rows).
             keep_all: keep outputs past ``valid_out_len`` (the last step of a final).
         """
+        if rows is not None and caches is self._store and self._graphs and not keep_all:
+            return self._encode_graphed(kind, new_mel, rows)
+        enc, enc_len = self._step(kind, new_mel, caches, rows, keep_all)
+        return EncoderOut(enc, enc_len)
+
+    def _step(
+        self,
+        kind: str,
+        new_mel: torch.Tensor,
+        caches: dict[str, torch.Tensor],
+        rows: torch.Tensor | None,
+        keep_all: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``encode``'s body: device work only, no host syncs (CUDA graphs capture it)."""
         dims = self.cache_layout.batch_dims
         tail_store = caches[MEL_TAIL]
         if kind == FIRST:
@@ -200,22 +222,65 @@ class ModelRunner:
             tail_store.copy_(new_tail)
         else:
             tail_store.index_copy_(dims[MEL_TAIL], rows, new_tail)
-        if self.use_graphs and not keep_all and mel.shape[0] <= self.buckets[-1]:
-            step = self._graphs.get((kind, self.bucket(mel.shape[0])))
-            if step is None:
-                step = self._capture(kind, self.bucket(mel.shape[0]), mel.shape[2], drop)
-            enc, enc_len = step(mel, caches, rows)
-        else:
-            enc, enc_len = self.encoder.step(mel, caches, rows, drop=drop, keep_all=keep_all)
-        return EncoderOut(enc, enc_len)
+        return self.encoder.step(mel, caches, rows, drop=drop, keep_all=keep_all)
 
-    def _capture(self, kind: str, batch: int, n_frames: int, drop: int) -> _GraphedEncoderStep:
-        if self._graph_pool is None:
+    # ---- CUDA graphs of the live step ----
+
+    def bind_store(self, store: dict[str, torch.Tensor], scratch: int) -> None:
+        """Let graphs step rows of ``store`` (the slot pool's encoder state) in place.
+
+        Args:
+            store: tensors in ``cache_layout``, allocated once (a graph keeps their addresses).
+            scratch: a row of ``store`` no stream owns: a bucket's padded rows step it.
+        """
+        self._store, self._scratch = store, scratch
+        top = self.buckets[-1] if self.buckets else 1
+        self._static_rows = torch.full((top,), scratch, dtype=torch.long, device=self.device)
+        # One set of static inputs at the top bucket; every bucket is captured on slices of it.
+        for n in {self.chunk_first, self.chunk}:
+            self._static_mel[n] = torch.zeros(top, self.n_mels, n, device=self.device)
+
+    def capture_graphs(self) -> None:
+        """Capture every (kind, bucket) live step on the bound store (warm-up only)."""
+        if self._store is None:
+            raise RuntimeError("bind_store() before capture_graphs()")
+        if self._graph_pool is None and self._graph_factory is _CudaGraph:
             self._graph_pool = torch.cuda.graph_pool_handle()
-        step = _GraphedEncoderStep(self, batch, n_frames, drop, self._graph_pool)
-        self._graphs[(kind, batch)] = step
-        logger.info("Captured CUDA graph: %s step, batch %d", kind, batch)
-        return step
+        kinds = [FIRST, SECOND, LATER] if self.has_second else [FIRST, LATER]
+        # Largest first: smaller graphs then reuse the pool memory the larger ones freed.
+        for batch in sorted(self.buckets, reverse=True):
+            for kind in kinds:
+                n = self.chunk_first if kind == FIRST else self.chunk
+                self._graphs[(kind, batch)] = _GraphedEncoderStep(
+                    lambda mel, rows, kind=kind: self._step(kind, mel, self._store, rows, False),
+                    self._static_mel[n][:batch],
+                    self._static_rows[:batch],
+                    self._scratch,
+                    lambda run: self._graph_factory(run, self.device, self._graph_pool),
+                )
+        logger.info("Captured CUDA graphs: %s steps, batch buckets %s", kinds, self.buckets)
+
+    def _encode_graphed(self, kind: str, new_mel: torch.Tensor, rows: torch.Tensor) -> EncoderOut:
+        batch, top = new_mel.shape[0], self.buckets[-1]
+        if batch > top:  # never planned by the engine; split rather than capture a new shape
+            parts = [
+                self._encode_graphed(kind, new_mel[i : i + top], rows[i : i + top])
+                for i in range(0, batch, top)
+            ]
+            # Each part is a view of a graph's output, which the next replay overwrites.
+            return EncoderOut(
+                torch.cat([p.encoded.clone() for p in parts]),
+                torch.cat([p.lengths.clone() for p in parts]),
+            )
+        key = (kind, self.bucket(batch))
+        step = self._graphs.get(key)
+        if step is None:  # nothing is captured after warm-up (it would stall the scheduler)
+            if key not in self._missed:
+                self._missed.add(key)
+                logger.warning("no CUDA graph for %s step of batch %d: running it eagerly", *key)
+            return EncoderOut(*self._step(kind, new_mel, self._store, rows, False))
+        enc, enc_len = step(new_mel, rows)
+        return EncoderOut(enc, enc_len)
 
     # ---- decoder ----
 
@@ -268,73 +333,108 @@ class ModelRunner:
     # ---- warm-up ----
 
     def warmup(self, max_batch: int) -> None:
-        """Run (and on CUDA with graphs, capture) every step shape that will be used."""
-        sizes = [b for b in self.buckets if b <= self.bucket(max_batch)] or [1]
+        """Run every step shape once; with CUDA graphs, capture them all (nothing is later).
+
+        Raises:
+            RuntimeError: the graphs of the buckets asked for do not fit in GPU memory.
+        """
         n_first = self.features.window_length(self.chunk_first)
         n_later = self.features.window_length(self.chunk)
         kinds = [SECOND, LATER] if self.has_second else [LATER]
+        if self.use_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        # Eager kernels (finals run eagerly) and the decoder, at batch 1.
+        caches = self.cache_layout.zeros(1)
+        mel = self.features.compute(np.zeros((1, n_first), np.float32), self.chunk_first)
+        out = self.encode(FIRST, mel, caches)
+        mel = self.features.compute(np.zeros((1, n_later), np.float32), self.chunk)
+        for kind in kinds:
+            out = self.encode(kind, mel, caches)
+        sizes = list(self.buckets) or [1]
         for batch in sizes:
-            caches = self.cache_layout.zeros(batch)
-            mel = self.features.compute(np.zeros((batch, n_first), np.float32), self.chunk_first)
-            out = self.encode(FIRST, mel, caches)
-            mel = self.features.compute(np.zeros((batch, n_later), np.float32), self.chunk)
-            for kind in kinds:
-                out = self.encode(kind, mel, caches)
             state = [
                 s.expand(*[batch if i == d else -1 for i in range(s.dim())]).clone()
                 for s, d in zip(
                     self.decoder_layout.start, self.decoder_layout.batch_dims, strict=True
                 )
             ]
-            self.decode(out.encoded, out.lengths, state)
+            encoded = out.encoded.expand(batch, -1, -1).contiguous()
+            self.decode(encoded, out.lengths.expand(batch).contiguous(), state)
+        if self.use_graphs and self._store is not None:
+            try:
+                self.capture_graphs()
+            except torch.cuda.OutOfMemoryError as exc:
+                raise RuntimeError(
+                    f"CUDA graphs for batch buckets up to {self.buckets[-1]} do not fit in GPU "
+                    f"memory ({_gib(torch.cuda.max_memory_allocated(self.device))} GiB peak "
+                    "before failing): lower stt max_batch (or max_streams), or turn "
+                    "cuda_graphs off"
+                ) from exc
         if self.use_cuda:
             torch.cuda.synchronize(self.device)
+            free, total = torch.cuda.mem_get_info(self.device)
+            logger.info(
+                "ASR warm-up peak GPU memory %s GiB (%s GiB of %s GiB free now)",
+                _gib(torch.cuda.max_memory_allocated(self.device)),
+                _gib(free),
+                _gib(total),
+            )
         logger.info("ASR warm-up done (%s encoder) for batch sizes %s", self.encoder.name, sizes)
 
 
-class _GraphedEncoderStep:
-    """The encoder step for one (kind, batch) captured in a CUDA graph (GPU only).
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f}"
 
-    The graph runs the step on static buffers: the rows' caches are copied in, the graph is
-    replayed, the updated caches are copied back and the outputs cloned (the next replay
-    overwrites them). Rows past the call's batch hold stale but finite state; their outputs are
-    dropped. Capture follows the verified recipe: warm up on a side stream, then capture with
-    autocast's weight cache disabled.
+
+class _CudaGraph:
+    """``run`` captured once in a CUDA graph (GPU only); ``replay`` reruns it on its buffers.
+
+    The verified recipe: warm up on a side stream, then capture (autocast's weight cache is
+    off in the encoder step). ``out`` holds the captured outputs, rewritten by each replay.
     """
 
-    def __init__(self, runner: ModelRunner, batch: int, n_frames: int, drop: int, pool) -> None:
-        dev = runner.device
-        self.encoder = runner.encoder
-        self.dims = runner.encoder.layout.batch_dims
-        self.caches = runner.encoder.layout.zeros(batch)
-        self.mel = torch.zeros(batch, runner.n_mels, n_frames, device=dev)
-
-        def run():
-            return self.encoder.step(self.mel, self.caches, None, drop=drop, keep_all=False)
-
-        side = torch.cuda.Stream(device=dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
+    def __init__(self, run: Callable[[], Any], device: torch.device, pool) -> None:
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(3):
                 run()
-        torch.cuda.current_stream(dev).wait_stream(side)
+        torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, pool=pool):
             self.out = run()
-        torch.cuda.synchronize(dev)
 
-    def __call__(self, mel, caches, rows):
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+class _GraphedEncoderStep:
+    """The live step of one (kind, bucket) in a graph; the pool rows are read and written in it.
+
+    Inputs are slices of static buffers shared by every bucket: ``mel [bucket, n_mels, n]`` and
+    ``rows [bucket]`` (slot indices; padded rows point at the scratch slot, which absorbs their
+    writes). The graph gathers the rows' caches, steps them and writes them back in place, so
+    nothing is copied around it but the new mel frames and the row indices in, and the outputs
+    are views (``[:n]``) of the graph's own, valid until its next replay.
+    """
+
+    def __init__(
+        self,
+        step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        mel: torch.Tensor,
+        rows: torch.Tensor,
+        scratch: int,
+        capture: Callable[[Callable[[], Any]], Any],
+    ) -> None:
+        self.mel, self.rows, self.scratch = mel, rows, scratch
+        self.rows.fill_(scratch)  # capture runs (and warm-up) touch only the scratch slot
+        self.graph = capture(lambda: step(self.mel, self.rows))
+
+    def __call__(self, mel: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = mel.shape[0]
         self.mel[:n].copy_(mel)
-        for name, static in self.caches.items():
-            src = caches[name] if rows is None else caches[name].index_select(self.dims[name], rows)
-            static.narrow(self.dims[name], 0, n).copy_(src)
+        self.rows[:n].copy_(rows)
+        self.rows[n:].fill_(self.scratch)
         self.graph.replay()
-        for name, static in self.caches.items():
-            dim = self.dims[name]
-            if rows is None:
-                caches[name].copy_(static.narrow(dim, 0, n))
-            else:
-                caches[name].index_copy_(dim, rows, static.narrow(dim, 0, n))
-        enc, enc_len = self.out
-        return enc[:n].clone(), enc_len[:n].clone()
+        enc, enc_len = self.graph.out
+        return enc[:n], enc_len[:n]

@@ -35,12 +35,15 @@ class SlotPool:
         decoder: DecoderLayout,
         max_slots: int,
         initial_slots: int = 8,
+        scratch: bool = False,
     ) -> None:
         """Args:
         encoder: the encoder state layout (batch-1 templates and batch dims).
         decoder: decoder state layout with its start state.
         max_slots: hard cap on slots.
         initial_slots: rows allocated up front (grows by doubling).
+        scratch: allocate every slot now, plus one row (``scratch``) no stream gets, and never
+            grow: CUDA graphs keep the tensors' addresses and pad their buckets with that row.
         """
         self.max_slots = max_slots
         self._layout = encoder
@@ -51,7 +54,15 @@ class SlotPool:
         self.capacity = 0
         self.encoder_state: dict[str, torch.Tensor] = {}
         self._dec: list[torch.Tensor] = []
-        self._grow(min(max(initial_slots, 1), max_slots))
+        self.scratch: int | None = None
+        if scratch:
+            self._grow(max_slots + 1)
+            with self._lock:
+                self.scratch = max_slots
+                self._free.remove(max_slots)
+                self.capacity = max_slots
+        else:
+            self._grow(min(max(initial_slots, 1), max_slots))
 
     # -- allocation (acquire on the scheduler thread; release from any thread) --
 
