@@ -48,3 +48,19 @@ def test_bench_engine_cpu_smoke(tmp_path, monkeypatch, capsys):
     # The fake step is inside the tick; what is left is the engine's own CPU work.
     assert all(r["tick_ms"] >= 5 and r["visible_cpu_us_per_row"] > 0 for r in rows.values())
     assert "visible CPU us/row" in capsys.readouterr().out
+
+
+def test_gpu_exactness_dry_run_on_cpu(tmp_path, monkeypatch, capsys):
+    """The GPU check's output comparison, on CPU (no graphs here): the fast step matches NeMo's."""
+    script = SCRIPT.parent / "gpu_exactness.py"
+    spec = importlib.util.spec_from_file_location("gpu_exactness", script)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    argv = ["gpu_exactness.py", "--arch", "tiny", "--device", "cpu", "--streams", "5"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--seconds", "2", "--out", str(tmp_path)])
+    assert check.main() == 0
+    report = json.loads((tmp_path / "gpu_exactness.json").read_text())["variants"]
+    assert set(report) == {"nemo", "fast", "fast-bf16"}
+    assert report["fast"]["vs_nemo_fp32"] < 1e-5 and report["fast"]["finals_equal_twin"] == 5
+    assert 0 < report["fast-bf16"]["vs_twin"] < 0.1
+    assert "finals equal to twin" in capsys.readouterr().out
