@@ -15,6 +15,7 @@ import ipaddress
 import os
 import signal
 import time
+from typing import Any
 
 from agent.cli import EXTRA_COMMANDS, _add_config_options, exit_on_stop_signals, resolve
 from agent.config import ConfigError
@@ -42,6 +43,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "Health: GET /health, /ready; Prometheus: GET /metrics; stream: ws://HOST:PORT/v1/stream."
     )
     _add_config_options(parser)
+    add_listen_options(parser, port=8765)
+    add_engine_options(parser)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="front-end processes sharing the port (SO_REUSEPORT), all feeding the one engine; "
+        "one event loop carries a few hundred streams (default 1)",
+    )
+
+
+def add_listen_options(parser: argparse.ArgumentParser, *, port: int) -> None:
+    """``--host`` and ``--port`` of a server command."""
     parser.add_argument(
         "--host",
         dest="asr_host",
@@ -50,8 +64,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="interface to bind (default 127.0.0.1; use 0.0.0.0 only with --token)",
     )
     parser.add_argument(
-        "--port", dest="asr_port", metavar="PORT", type=int, default=8765, help="default 8765"
+        "--port",
+        dest="asr_port",
+        metavar="PORT",
+        type=int,
+        default=port,
+        help=f"default {port}",
     )
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The engine and per-stream limit options (``asr-server`` and ``asr-cluster``)."""
     parser.add_argument("--model", help="stt.model: Hugging Face id or path to a .nemo")
     parser.add_argument("--device", help="stt.device: auto, cpu, cuda or cuda:N")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], help="stt.dtype")
@@ -107,13 +130,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="torch intra-op threads (CPU serving; 1 is best on small shared machines)",
     )
     parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="front-end processes sharing the port (SO_REUSEPORT), all feeding the one engine; "
-        "one event loop carries a few hundred streams (default 1)",
-    )
-    parser.add_argument(
         "--in-process",
         action="store_true",
         help="run the engine in the server's process (default: its own process, so the "
@@ -130,14 +146,33 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _resolves_to_cpu(device: str) -> bool:
-    if device == "cpu":
-        return True
-    if device != "auto":
-        return False
-    from agent.profiles import cuda_is_available
+def resolve_token(args: argparse.Namespace, stt: Any) -> str | None:
+    """``--token``, else ``$VOICE_AGENT_ASR_TOKEN``, else ``stt.server_token``; None: no auth."""
+    secret = stt.server_token.get_secret_value() if stt.server_token else None
+    return args.token or os.environ.get(TOKEN_ENV) or secret or None
 
-    return not cuda_is_available()
+
+def dtype_chosen(args: argparse.Namespace, resolved: Any) -> bool:
+    """The dtype was set (flag, file, env): otherwise bf16 becomes fp32 on a CPU."""
+    return bool(args.dtype) or resolved.sources.get("stt.dtype", "default") != "default"
+
+
+def engine_options(args: argparse.Namespace, stt: Any) -> dict[str, Any]:
+    """The engine options (``serving_engine_config``'s names) of the flags over ``stt.*``.
+
+    ``voice-agent asr-cluster`` passes the same dict to every replica.
+    """
+    return {
+        "model": args.model or stt.model,
+        "device": args.device or stt.device,
+        "dtype": args.dtype or stt.dtype,
+        "chunk_ms": args.chunk_ms or stt.chunk_ms,
+        "encoder": args.encoder or stt.encoder,
+        "max_streams": args.max_streams,
+        "cuda_graphs": args.cuda_graphs,
+        "max_batch": args.max_batch or None,
+        "batch_window_ms": args.batch_window_ms,
+    }
 
 
 def handler(args: argparse.Namespace) -> int:
@@ -150,9 +185,9 @@ def handler(args: argparse.Namespace) -> int:
     """
     from loguru import logger
 
-    from services.asr.engine import EngineConfig
     from services.asr.engine.process import EngineProcessError
     from services.asr.server import ServerConfig
+    from services.asr.server.engine_options import serving_engine_config
 
     resolved = resolve(args)
     settings = resolved.settings
@@ -160,8 +195,7 @@ def handler(args: argparse.Namespace) -> int:
     # From here SIGTERM and SIGINT end the process through its clean-up, loading or not.
     exit_on_stop_signals()
     stt = settings.stt
-    secret = stt.server_token.get_secret_value() if stt.server_token else None
-    token = args.token or os.environ.get(TOKEN_ENV) or secret or None
+    token = resolve_token(args, stt)
     if args.max_streams < 1:
         raise ConfigError(f"--max-streams {args.max_streams}: must be >= 1")
     if args.workers < 1 or (args.workers > 1 and args.in_process):
@@ -171,28 +205,9 @@ def handler(args: argparse.Namespace) -> int:
             f"Serving on {args.asr_host} without a token: anyone who can reach this port can use "
             f"the ASR. Set --token or ${TOKEN_ENV}."
         )
-    engine_kwargs = {
-        "model": args.model or stt.model,
-        "device": args.device or stt.device,
-        "dtype": args.dtype or stt.dtype,
-        "chunk_ms": args.chunk_ms or stt.chunk_ms,
-        "encoder": args.encoder or stt.encoder,
-        "max_streams": args.max_streams,
-        "cuda_graphs": args.cuda_graphs,
-    }
-    if args.max_batch:
-        engine_kwargs["max_batch"] = args.max_batch
-    if args.batch_window_ms is not None:
-        engine_kwargs["batch_window_ms"] = args.batch_window_ms
-    if (
-        engine_kwargs["dtype"] == "bf16"
-        and not args.dtype
-        and resolved.sources.get("stt.dtype", "default") == "default"
-        and _resolves_to_cpu(engine_kwargs["device"])
-    ):
-        # bf16 is the GPU default; on a CPU it is slower than fp32.
-        engine_kwargs["dtype"] = "fp32"
-    config = EngineConfig(**engine_kwargs)
+    config = serving_engine_config(
+        engine_options(args, stt), dtype_chosen=dtype_chosen(args, resolved)
+    )
     # What is sure to fail fails now, in one line, not after a model load.
     require(
         check_device(

@@ -352,7 +352,7 @@ def _register_extra_commands() -> None:
     """Let optional subsystems add subcommands (the ASR server, benchmarks)."""
     import importlib
 
-    for module in ("agent.asr_server_cmd",):
+    for module in ("agent.asr_server_cmd", "agent.asr_cluster_cmd"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

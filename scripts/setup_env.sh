@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing) and installs the project into it with the given extras.
 # Usage: scripts/setup_env.sh [EXTRAS]   e.g. scripts/setup_env.sh cpu,dev
+# (extras: cpu, dev, piper, cluster = Ray Serve for voice-agent asr-cluster; see pyproject.toml)
 # Re-running is cheap: pip skips what is already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."

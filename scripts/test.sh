@@ -3,7 +3,7 @@
 # Extra arguments go to pytest (e.g. -k config, -m slow for the long soaks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh "cpu,dev,piper"
+bash scripts/setup_env.sh "cpu,dev,piper,cluster"
 if [ -x scripts/setup_test_host.sh ]; then bash scripts/setup_test_host.sh; fi
 # Tests run in a private network namespace when we can make one (root, unshare, ip): only
 # loopback plus one address of our own (aiortc ignores 127.x ICE candidates, so WebRTC peers need

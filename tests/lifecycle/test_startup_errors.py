@@ -109,6 +109,19 @@ def test_the_asr_server_on_cuda_without_cuda(no_cuda, tmp_path):
     assert_clean_failure(result, 1, "--device 'cuda' but CUDA is not available", "--device cpu")
 
 
+def test_the_asr_cluster_on_cuda_without_cuda(no_cuda, tmp_path):
+    model = tmp_path / "model.nemo"
+    model.write_bytes(b"")  # checked before Ray starts; nothing loads
+    result = cli("asr-cluster", "--model", str(model), "--device", "cuda", "--port", "0")
+    assert_clean_failure(result, 1, "--device 'cuda' but CUDA is not available", "--device cpu")
+
+
+def test_the_asr_cluster_with_a_missing_model_file(tmp_path):
+    missing = tmp_path / "missing.nemo"
+    result = cli("asr-cluster", "--model", str(missing), "--device", "cpu", "--port", "0")
+    assert_clean_failure(result, 1, f"{missing} does not exist")
+
+
 # ---- a model that cannot be found or downloaded ----
 
 

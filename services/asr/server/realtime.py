@@ -194,8 +194,7 @@ class RealtimeConnection(_Connection):
 
     def __init__(self, server, ws, stream, conn_id: int) -> None:
         super().__init__(server, ws, stream, conn_id)
-        headers = getattr(getattr(ws, "request", None), "headers", {}) or {}
-        self.beta = _BETA_HEADER in str(headers.get("OpenAI-Beta", ""))
+        self.beta = _BETA_HEADER in str(ws.headers.get("OpenAI-Beta", ""))
         self.session_id = f"sess_{uuid.uuid4().hex[:20]}"
         self.format = DEFAULT_FORMAT
         self.decoder = _Decoder(self.format)

@@ -4,6 +4,11 @@ One asyncio loop serves every connection; the engine's scheduler thread does the
 nothing here blocks. Each connection has a receive loop (audio in, control messages), a task that
 forwards the engine's partial transcripts, a sender task (one writer per socket) and an idle
 watchdog. Whatever a connection does wrong is answered on that connection only.
+
+Admission (auth, stream limit, overload, shutdown), ``/health``, ``/ready`` and ``/metrics`` live
+in :class:`ASRServer`; the session protocol runs on a transport-free connection
+(``transport.Connection``). ``ASRServer.start`` binds the ``websockets`` front end; a Ray Serve
+replica (``services/asr/serve/``) feeds Starlette WebSockets to :meth:`ASRServer.handle` instead.
 """
 
 from __future__ import annotations
@@ -15,19 +20,21 @@ import hmac
 import itertools
 import json
 import logging
+import os
+import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import protocol as P
 from .metrics import front_counters, render_metrics
+from .transport import Connection, ConnectionLost, WebsocketsConnection, query_token, split_path
 
 logger = logging.getLogger(__name__)
 # The websockets library logs every plain HTTP answer (/health, /metrics) as "connection
@@ -68,6 +75,8 @@ class ServerConfig:
             (the kernel spreads new connections over them).
         front_end: Index of this front end among them (0: the main process); reported in
             ``ready`` and ``/health``.
+        replica: Name of this server among the replicas behind one endpoint, reported in
+            ``ready`` and ``/health`` (None: ``hostname:pid``; a Ray Serve replica uses its id).
     """
 
     host: str = "127.0.0.1"
@@ -90,6 +99,17 @@ class ServerConfig:
     ping_timeout: float | None = 10.0
     reuse_port: bool = False
     front_end: int = 0
+    replica: str | None = None
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    """A plain HTTP answer of the server (a probe, or a refused WebSocket upgrade)."""
+
+    status: int
+    body: str
+    content_type: str = "text/plain; charset=utf-8"
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class _TokenBucket:
@@ -158,6 +178,7 @@ class ASRServer:
         self._overloaded_until = 0.0
         # Set by whoever runs more front ends beside this one until they are all serving.
         self.starting_reason: str | None = None
+        self.replica = self.config.replica or f"{socket.gethostname()}:{os.getpid()}"
 
     # ---- lifecycle ----
 
@@ -223,11 +244,12 @@ class ASRServer:
     async def stop(self) -> None:
         """Tell every client the server is going away, close them (1001) and stop."""
         self._stopping = True
-        if self._server is None:
-            return
-        self._server.close(close_connections=False)
+        if self._server is not None:
+            self._server.close(close_connections=False)
         for conn in list(self._connections.values()):
             await conn.shutdown()
+        if self._server is None:
+            return  # connections of another front end (handle()) are closed; nothing bound
         self._server.close(close_connections=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 5)
@@ -244,37 +266,52 @@ class ASRServer:
 
     # ---- HTTP side: auth, health, readiness, metrics ----
 
-    def _authorized(self, request: Request) -> bool:
+    def authorized(self, headers: Mapping[str, str], query: str = "") -> bool:
+        """The request carries the token (``Authorization: Bearer`` or ``?token=``), or none
+        is needed."""
         token = self.config.token
         if not token:
             return True
-        header = request.headers.get("Authorization", "")
+        header = headers.get("Authorization", "") or ""
         presented = header[7:].strip() if header.lower().startswith("bearer ") else ""
         if not presented:
-            values = parse_qs(urlsplit(request.path).query).get("token", [])
-            presented = values[0] if values else ""
+            presented = query_token(query)
         return bool(presented) and hmac.compare_digest(presented.encode(), token.encode())
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = urlsplit(request.path).path.rstrip("/") or "/"
+    def http_answer(
+        self, path: str, headers: Mapping[str, str], query: str = ""
+    ) -> HttpAnswer | None:
+        """What to answer a request for ``path`` over plain HTTP, or None: upgrade it.
+
+        Probes (``/health``, ``/ready``) need no token; ``/metrics`` and the stream paths do.
+        Every front end asks this, so all of them answer the same statuses and bodies.
+        """
+        path = path.rstrip("/") or "/"
         if path == "/health":
-            return _respond(connection, HTTPStatus.OK, self.health(), "application/json")
+            return HttpAnswer(HTTPStatus.OK, self.health(), "application/json")
         if path == "/ready":
             ready, body = self.readiness()
             status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
-            return _respond(connection, status, body, "application/json")
+            return HttpAnswer(status, body, "application/json")
         if path == "/metrics":
-            if not self._authorized(request):
-                return _unauthorized(connection)
-            return _respond(
-                connection, HTTPStatus.OK, self.metrics_text(), "text/plain; version=0.0.4"
-            )
+            if not self.authorized(headers, query):
+                return _UNAUTHORIZED
+            return HttpAnswer(HTTPStatus.OK, self.metrics_text(), "text/plain; version=0.0.4")
         if path not in P.STREAM_PATHS and path != P.REALTIME_PATH:
-            return connection.respond(HTTPStatus.NOT_FOUND, f"no such path {path!r}\n")
-        if not self._authorized(request):
+            return HttpAnswer(HTTPStatus.NOT_FOUND, f"no such path {path!r}")
+        return self.refuse_upgrade(headers, query)
+
+    def refuse_upgrade(self, headers: Mapping[str, str], query: str = "") -> HttpAnswer | None:
+        """The HTTP answer that refuses a WebSocket upgrade (401), or None: accept it."""
+        if not self.authorized(headers, query):
             self.counters.rejected["unauthorized"] += 1
-            return _unauthorized(connection)
+            return _UNAUTHORIZED
         return None
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path, query = split_path(request.path)
+        answer = self.http_answer(path, request.headers, query)
+        return None if answer is None else _respond(connection, answer)
 
     def health(self) -> str:
         """JSON for ``/health``: the process is up; counts and limits."""
@@ -282,6 +319,7 @@ class ASRServer:
             {
                 "status": "ok",
                 "front_end": self.config.front_end,
+                "replica": self.replica,
                 "live_streams": self.live_streams,
                 "max_streams": self.config.max_streams,
                 "uptime_s": round(time.time() - self._started_at, 1),
@@ -323,9 +361,13 @@ class ASRServer:
     # ---- WebSocket side ----
 
     async def _handle(self, ws: ServerConnection) -> None:
+        await self.handle(WebsocketsConnection(ws))
+
+    async def handle(self, ws: Connection) -> None:
+        """Serve one accepted connection (already authorized) until it closes: admission,
+        then the stream protocol its path names."""
         self.counters.connections_total += 1
-        path = urlsplit(ws.request.path).path.rstrip("/") if ws.request else ""
-        realtime = path == P.REALTIME_PATH
+        realtime = ws.path == P.REALTIME_PATH
         if self._stopping:
             await _refuse(
                 ws, P.E_SHUTTING_DOWN, "server is shutting down", P.CLOSE_GOING_AWAY, realtime
@@ -385,7 +427,7 @@ class ASRServer:
 class _Connection:
     """One client: its engine stream, its clocks and its limits."""
 
-    def __init__(self, server: ASRServer, ws: ServerConnection, stream: Any, conn_id: int) -> None:
+    def __init__(self, server: ASRServer, ws: Connection, stream: Any, conn_id: int) -> None:
         self.server = server
         self.cfg = server.config
         self.ws = ws
@@ -426,6 +468,7 @@ class _Connection:
             "max_message_bytes": self.cfg.max_message_bytes,
             "idle_timeout_s": self.cfg.idle_timeout,
             "front_end": self.cfg.front_end,
+            "replica": self.server.replica,
         }
 
     @property
@@ -510,7 +553,7 @@ class _Connection:
                     self._on_audio(message)
                 else:
                     self._on_text(message)
-        except ConnectionClosed:
+        except ConnectionLost:
             pass
         finally:
             self.close_stream()
@@ -659,7 +702,7 @@ class _Connection:
             event = await self.outbox.get()
             try:
                 await self.ws.send(P.dumps(event))
-            except ConnectionClosed:
+            except ConnectionLost:
                 return
 
     async def _watchdog(self) -> None:
@@ -686,41 +729,41 @@ class _Connection:
         while not self.outbox.empty() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         self.close_stream()
-        with contextlib.suppress(Exception):
-            await self.ws.close(code, reason)
+        await self.ws.close(code, reason)
 
     async def shutdown(self) -> None:
         self.send(self.error_event(P.E_SHUTTING_DOWN, "server is shutting down", fatal=True))
         await self._close_after_flush(P.CLOSE_GOING_AWAY, "server shutting down")
 
 
-def _respond(connection: ServerConnection, status: HTTPStatus, body: str, ctype: str) -> Response:
-    response = connection.respond(status, body if body.endswith("\n") else body + "\n")
+_UNAUTHORIZED = HttpAnswer(
+    HTTPStatus.UNAUTHORIZED,
+    "missing or wrong token: send 'Authorization: Bearer <token>' or ?token=<token>",
+    headers={"WWW-Authenticate": "Bearer"},
+)
+
+
+def _respond(connection: ServerConnection, answer: HttpAnswer) -> Response:
+    body = answer.body if answer.body.endswith("\n") else answer.body + "\n"
+    response = connection.respond(HTTPStatus(answer.status), body)
     del response.headers["Content-Type"]
-    response.headers["Content-Type"] = ctype
-    return response
-
-
-def _unauthorized(connection: ServerConnection) -> Response:
-    response = connection.respond(
-        HTTPStatus.UNAUTHORIZED,
-        "missing or wrong token: send 'Authorization: Bearer <token>' or ?token=<token>\n",
-    )
-    response.headers["WWW-Authenticate"] = "Bearer"
+    response.headers["Content-Type"] = answer.content_type
+    for name, value in answer.headers.items():
+        response.headers[name] = value
     return response
 
 
 async def _refuse(
-    ws: ServerConnection, code: str, message: str, close_code: int, realtime: bool = False
+    ws: Connection, code: str, message: str, close_code: int, realtime: bool = False
 ) -> None:
     event = P.error_event(code, message, fatal=True)
     if realtime:  # OpenAI's shape for Realtime clients
         kind = "invalid_request_error" if close_code == P.CLOSE_TRY_AGAIN_LATER else "server_error"
         error = {"type": kind, "code": code, "message": message, "param": None, "event_id": None}
         event = {"type": "error", "event_id": f"event_refused_{code}", "error": error}
-    with contextlib.suppress(ConnectionClosed):
+    with contextlib.suppress(ConnectionLost):
         await ws.send(P.dumps(event))
-        await ws.close(close_code, code)
+    await ws.close(close_code, code)
 
 
-__all__ = ["ASRServer", "ServerConfig", "Headers"]
+__all__ = ["ASRServer", "HttpAnswer", "ServerConfig", "Headers"]
