@@ -89,7 +89,9 @@ def test_batched_equals_single_with_staggered_joins_leaves_and_slot_reuse(make_e
         assert stream._state.text.text == offline.decode(reference[:, :n_out])
         assert stream.finalize_sync(30).text == offline.transcript(padded(engine, audio), 1)
 
-    assert streams["d"]._state.slot in freed_slots, "a freed slot should be reused"
+    # b's slot goes to whichever of the streams starting after it left steps first (d and e
+    # can start in the same tick).
+    assert freed_slots & {slots_seen.get("d"), slots_seen.get("e")}, "a freed slot is reused"
     assert max(n for kind, n in calls if kind == "later") > 1, "streams should share steps"
     # The same stream alone in its own engine gives the same text as in the batch.
     single = make_engine(chunk_ms=160)

@@ -259,13 +259,15 @@ async def test_caller_speaking_over_the_answer_gets_clear(
 
     clears = call.events("clear", after=barge.speech_start_at)
     clear_at = clears[0].at if clears else None
-    # The bot's next answer cannot start before the LLM is asked about the barge-in.
+    # The bot's next answer cannot start before the LLM is asked about the barge-in, nor (the
+    # answer to a speculative request at a pause inside it is held until the turn ends) before
+    # the caller stops talking.
     asked_after = [
         arrived - WALL_OFFSET
         for arrived in llm.arrivals
         if arrived - WALL_OFFSET > barge.speech_start_at
     ]
-    next_asked_at = asked_after[0] if asked_after else barge.speech_end_at
+    next_asked_at = max(asked_after[0], barge.speech_end_at) if asked_after else barge.speech_end_at
     cut_off_window = (clear_at + 0.5, next_asked_at) if clear_at else None
     after_clear = voiced_secs(call, *cut_off_window) if cut_off_window else None
     heard_second = hear(transcriber, call.audio(after=barge.speech_end_at))
