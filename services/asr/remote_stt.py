@@ -246,9 +246,6 @@ class RemoteNemotronSTTService(CacheAwareSTTService):
         self._audio_start = 0
         self._pos = 0
         self._shown_letters = 0  # longest text of this utterance pushed (partial or final)
-        # The last partial pushed: the engine sends a partial only when the text changes, so
-        # the same text again is the new connection repeating what the old one showed.
-        self._shown_text: str | None = None
         self._heard_speech = False  # the VAD reported speech in this utterance
         self.idle_resets = 0
         self._finals: list[_PendingFinal] = []
@@ -282,7 +279,6 @@ class RemoteNemotronSTTService(CacheAwareSTTService):
     def _set_utterance(self, key: Hashable | None) -> None:
         super()._set_utterance(key)
         self._shown_letters = 0
-        self._shown_text = None
 
     # ---- connection ----
 
@@ -591,9 +587,6 @@ class RemoteNemotronSTTService(CacheAwareSTTService):
             link.hold_letters = 0
             if failover is not None:
                 failover.caught_up_at = time.monotonic()
-        if text == self._shown_text:
-            return  # already shown (a replay reaching the old connection's last partial)
-        self._shown_text = text
         self._shown_letters = max(self._shown_letters, _letters(text))
         await self._on_backend_partial(BackendTranscript(text, key))
 

@@ -176,6 +176,9 @@ class CacheAwareSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
 
         self._key: Hashable | None = None  # current utterance of the backend
         self._committed = ""  # text of the current utterance already pushed as final
+        # The text of the last interim pushed since the last final. It outlives the utterance
+        # (an idle reset, a failover's new stream): the same text again is a repeat to
+        # consumers, who replace the interim they show, whichever utterance it came from.
         self._last_interim = ""
         self._final_generation = 0  # bumped when speech resumes: in-flight finals are stale
         self._final_task: asyncio.Task | None = None
@@ -217,7 +220,6 @@ class CacheAwareSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         """Make ``key`` the current utterance; the turn's pushed text belongs to the old one."""
         self._key = key
         self._committed = ""
-        self._last_interim = ""
 
     async def _on_backend_partial(self, transcript: BackendTranscript) -> None:
         """A backend's partial text: push the unsent part as an interim transcript."""
@@ -364,7 +366,6 @@ class CacheAwareSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         if result is not None and result.key == self._key:
             text = unsent_suffix(self._committed, result.text)
             self._committed = result.text if text else self._committed
-            self._last_interim = ""
             if text or self._committed:
                 # Announced before the transcript, so a speculative answer starts on it.
                 # Nothing new since speech resumed (a breath, a noise) still ends the turn
@@ -373,6 +374,7 @@ class CacheAwareSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
                     text, user_id=self._user_id, language=self._language_enum()
                 )
             if text:
+                self._last_interim = ""  # after a final, an interim is new whatever its text
                 # Usage before the transcript, so tracing attaches it to the span it closes.
                 await self.emit_stt_usage_metrics()
                 await self.push_frame(

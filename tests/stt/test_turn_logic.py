@@ -162,6 +162,31 @@ async def test_final_still_in_flight_when_speech_resumes_is_discarded():
     assert interims[:2] == ["hello", "hello world"]
 
 
+async def test_an_interim_is_never_pushed_twice_in_a_row_across_an_utterance_reset():
+    # A reset with no final between (an idle reset, a failover's new stream) starts a new
+    # utterance whose first text can equal the last interim shown: pushing it again would be a
+    # repeat to consumers. After a final, the same text is a new interim and is pushed.
+    stt = FakeRecognizerSTT()
+    async with LivePipeline([stt]) as live:
+        await live.send_audio(word_audio(1, 0))
+        assert await live.wait_for(lambda: live.of(InterimTranscriptionFrame))
+        await stt._backend_reset()  # no final: what the idle reset does
+        await live.send_audio(word_audio(1, 2, 0))
+        assert await live.wait_for(lambda: len(live.of(InterimTranscriptionFrame)) == 2)
+        await live.send(VADUserStartedSpeakingFrame())
+        await live.send(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        assert await live.wait_for(lambda: live.of(TranscriptionFrame))
+        await stt._backend_reset()
+        await live.send_audio(word_audio(1, 0))
+        assert await live.wait_for(lambda: len(live.of(InterimTranscriptionFrame)) == 3)
+    assert [f.text for f in live.of(InterimTranscriptionFrame)] == [
+        "hello",
+        "hello world",
+        "hello",
+    ]
+    assert [f.text for f in live.of(TranscriptionFrame)] == ["hello world"]
+
+
 async def test_next_turn_starts_fresh_after_the_turn_ends():
     stt = FakeRecognizerSTT()
     context = LLMContext()
