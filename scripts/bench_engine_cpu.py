@@ -43,7 +43,8 @@ def fake_model(engine: ASREngine, step_s: float, token_every: int) -> None:
         return torch.zeros(windows.shape[0], runner.n_mels, n_frames)
 
     def encode(kind, new_mel, caches, rows=None, keep_all=False) -> EncoderOut:  # FAKE encoder
-        batch = new_mel.shape[0]
+        parts = new_mel if isinstance(new_mel, list) else [new_mel]
+        batch = sum(part.shape[0] for part in parts)
         time.sleep(step_s)
         n = runner.out_per_step
         return EncoderOut(torch.zeros(batch, d_model, n), torch.full((batch,), n))

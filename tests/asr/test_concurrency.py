@@ -27,7 +27,8 @@ def record_batch_sizes(engine) -> list[tuple[str, int]]:
     original = engine._runner.encode
 
     def encode(kind, new_mel, caches, rows=None, keep_all=False):
-        calls.append((kind, new_mel.shape[0]))
+        parts = new_mel if isinstance(new_mel, list) else [new_mel]  # live rows + finals' rows
+        calls.append((kind, sum(part.shape[0] for part in parts)))
         return original(kind, new_mel, caches, rows, keep_all)
 
     engine._runner.encode = encode

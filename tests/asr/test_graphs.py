@@ -14,17 +14,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import numpy as np
 import pytest
 import torch
 
 from services.asr.engine.runner import FIRST, LATER, SECOND, ModelRunner
 from services.asr.engine.slots import SlotPool
 
+from .conftest import babble, live_steps_for, wait_until
+
 
 class EagerReplayFake:
     """FAKE of ``_CudaGraph`` for CPU: replay reruns ``run`` and rewrites the same outputs."""
 
     captures = 0
+
+    @staticmethod
+    def new_pool(device):
+        return None  # eager replays allocate as they go
 
     def __init__(self, run, device, pool) -> None:
         self._run = run
@@ -42,7 +49,7 @@ def graphed_runner(engine, max_batch: int, max_streams: int):
     # What a CUDA engine with cuda_graphs does, on CPU with the FAKE graph.
     runner.use_graphs = True
     runner.buckets = tuple(b for b in (1, 2, 4, 8) if b < max_batch) + (max_batch,)
-    runner._graph_factory = EagerReplayFake
+    runner.graph_factory = EagerReplayFake
     pool = SlotPool(runner.cache_layout, runner.decoder_layout, max_slots=max_streams, scratch=True)
     return runner, pool
 
@@ -91,6 +98,7 @@ def test_graphed_steps_update_pool_rows_in_place_like_eager_steps(make_engine, c
         before = clone_store(store)
         got = runner.encode(kind, mel, store, idx)
         want_enc, want_len = runner._step(kind, mel, reference, idx, False)
+        # The graphs keep every output (for finals); live calls get them cut to valid_out_len.
         assert got.encoded.shape == want_enc.shape
         torch.testing.assert_close(got.encoded, want_enc, atol=2e-5, rtol=1e-4)
         assert torch.equal(got.lengths, want_len)
@@ -136,3 +144,72 @@ def test_graph_pool_allocates_every_slot_and_never_grows(make_engine):
     with pytest.raises(RuntimeError):
         pool.acquire()
     assert pool.encoder_state is store  # the graphs' addresses stay valid
+
+
+def padded(engine, audio: np.ndarray) -> np.ndarray:
+    out = np.zeros(engine.padded_length(len(audio)), np.float32)
+    out[: len(audio)] = audio
+    return out
+
+
+@pytest.mark.parametrize(("chunk_ms", "final_rows"), [(160, 4), (80, 4), (160, 1), (160, 0)])
+def test_finals_inside_the_graphed_live_calls_equal_offline(
+    make_engine, offline, monkeypatch, chunk_ms, final_rows
+):
+    """Finals join the live calls (graphed, FAKE replay) on pool rows of their own.
+
+    Three streams keep speaking while two of them and a fresh one (no step yet) ask for finals
+    in one tick; with ``final_rows=1`` one final shares the live calls and the others run in
+    calls of their own; with 0 every final does (the reference path). Every final equals the
+    offline transcript of its padded audio, and the live streams go on exactly.
+    """
+    monkeypatch.setattr(ModelRunner, "graph_factory", EagerReplayFake)
+    engine = make_engine(
+        chunk_ms=chunk_ms, cuda_graphs=True, max_streams=6, max_batch=8, final_rows=final_rows
+    )
+    runner, right = engine._runner, engine.config.right_context
+    assert runner.use_graphs and runner._graphs and len(engine._final_rows) == final_rows
+    final_rows_set = set(engine._final_rows.tolist())
+    in_store = []  # calls on finals' pool rows: (kind, live rows joined, keep_all)
+    original = runner.encode
+
+    def encode(kind, new_mel, caches, rows=None, keep_all=False):
+        if caches is engine._pool.encoder_state and rows is not None:
+            taken = set(rows.tolist())
+            if taken & final_rows_set:
+                in_store.append((kind, bool(taken - final_rows_set), keep_all))
+        return original(kind, new_mel, caches, rows, keep_all)
+
+    runner.encode = encode
+    audios = [babble(1.6, 21), babble(1.2, 22), babble(0.4, 23)]
+    streams = [engine.open_stream() for _ in audios]
+    hop = runner.features.hop
+    # Two streams step live first; the third has no step when its final is asked for.
+    for stream, audio in zip(streams[:2], audios[:2], strict=True):
+        stream.push_audio(audio[: len(audio) // 2])
+    for stream, audio in zip(streams[:2], audios[:2], strict=True):
+        n = live_steps_for(engine, len(audio) // 2)
+        wait_until(lambda s=stream, n=n: s._state.mel_pos == n, what="live steps")
+    # Enough for one more live step and a final of two sub-steps; the fresh final has two
+    # too (a first and a later step), and its stream's live first step is ready.
+    extra = (runner.chunk + 6) * hop
+    fresh = (runner.chunk_first + runner.chunk // 2) * hop
+    cut = [len(audios[0]) // 2 + extra, len(audios[1]) // 2 + extra, fresh]
+    with engine._tick_lock:  # everything below lands in one tick's plan
+        for stream, audio, n in zip(streams, audios, cut, strict=True):
+            stream.push_audio(audio[len(audio) // 2 if n != fresh else 0 : n])
+        futures = [s.request_final() for s in streams]
+    finals = [f.result(30) for f in futures]
+    assert all(final.is_final for final in finals)
+    for i, (final, audio, n) in enumerate(zip(finals, audios, cut, strict=True)):
+        assert final.text == offline.transcript(padded(engine, audio[:n]), right), f"stream {i}"
+    if final_rows:
+        assert any(joined for _, joined, _ in in_store), "finals should join the live calls"
+        assert any(keep_all for _, _, keep_all in in_store), "last sub-steps in the graphs too"
+    else:
+        assert not in_store
+    # The live streams were not disturbed by the finals: they go on to the offline text.
+    for stream, audio in zip(streams[:2], audios[:2], strict=True):
+        stream.push_audio(audio[len(audio) // 2 + extra :])
+        final = stream.finalize_sync(30)
+        assert final.text == offline.transcript(padded(engine, audio), right)

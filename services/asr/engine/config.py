@@ -56,6 +56,12 @@ class EngineConfig:
             for every few streams and pays the fixed cost of a step each time: on a CPU that
             keeps a core 100% busy and starves the server and the bots beside it. None: 30 ms
             on CPU, 0 on CUDA (where a step's fixed cost is small and the GPU is not shared).
+        final_rows: finals of one tick that run inside the live steps' encoder calls, each on
+            a copy of its stream's state kept in one of this many extra slot pool rows (with
+            CUDA graphs, inside the graphs). Finals beyond it in a tick run in calls of their
+            own on private copies; 0 runs every final that way (the reference path). None:
+            on CUDA ``max_streams // 16`` clamped to 8..256, on CPU 4 (few streams, and a row
+            of the full-size model holds ~15 MB of fp32 caches).
     """
 
     model: str = DEFAULT_MODEL
@@ -72,6 +78,7 @@ class EngineConfig:
     freeze_gc: bool = True
     max_backlog_s: float = 10.0
     batch_window_ms: float | None = None
+    final_rows: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -102,6 +109,9 @@ class EngineConfig:
             isinstance(window, bool) or not isinstance(window, int | float) or window < 0
         ):
             raise _invalid("batch_window_ms", window, "None or a number of milliseconds >= 0")
+        rows = self.final_rows
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 0):
+            raise _invalid("final_rows", rows, "None or an integer >= 0")
         buckets = tuple(self.batch_buckets)
         if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets) or list(
             buckets
@@ -124,6 +134,14 @@ class EngineConfig:
         if self.batch_window_ms is not None:
             return self.batch_window_ms / 1000
         return 0.0 if device.startswith("cuda") else 0.030
+
+    def resolved_final_rows(self, device: str) -> int:
+        """``final_rows`` for ``device`` (None: CUDA ``max_streams // 16`` in 8..256, CPU 4)."""
+        if self.final_rows is not None:
+            return self.final_rows
+        if device.startswith("cuda"):
+            return min(max(self.max_streams // 16, 8), 256)
+        return 4
 
     def resolved_device(self) -> str:
         """The concrete torch device string (``auto`` picks CUDA when available)."""

@@ -36,8 +36,8 @@ from .events import (
     to_float32,
 )
 from .loader import configure_for_streaming, load_asr_model
-from .runner import FIRST, ModelRunner
-from .scheduler import Scheduler, TickPlan
+from .runner import FIRST, LATER, SECOND, ModelRunner
+from .scheduler import FinalWork, LiveGroup, Scheduler, TickPlan
 from .slots import SlotPool
 from .state import FinalRequest, ResetRequest, StreamState, TextState
 from .table import StreamTable
@@ -177,12 +177,15 @@ class ASREngine:
             if self._runner.features.sample_rate != SAMPLE_RATE:
                 raise ValueError(f"model expects {self._runner.features.sample_rate} Hz audio")
             graphs = self._runner.use_graphs
+            n_final = self.config.resolved_final_rows(self.device.type)
             self._pool = SlotPool(
                 self._runner.cache_layout,
                 self._runner.decoder_layout,
-                max_slots=self.config.max_streams,
+                max_slots=self.config.max_streams + n_final,
                 scratch=graphs,  # graphs step pool rows in place: allocate them all now
             )
+            # Rows where finals step copies of their streams' states inside the live calls.
+            self._final_rows = np.array([self._pool.acquire() for _ in range(n_final)], np.int64)
             if graphs:
                 self._runner.bind_store(self._pool.encoder_state, self._pool.scratch)
             if self.config.warmup:
@@ -336,8 +339,9 @@ class ASREngine:
             "live_streams": live,
             # Slots of closed streams wait for the next tick to be freed: they are not in use.
             "slots_in_use": self._pool.in_use
+            - len(self._final_rows)
             - sum(int(self._table.slot[row]) >= 0 for row in list(self._released)),
-            "slot_capacity": self._pool.capacity,
+            "slot_capacity": self._pool.capacity - len(self._final_rows),
             "slot_pool_bytes": self._pool.nbytes(),
             "pending_finals": pending,
             "overloaded_pushes": self._overloaded_pushes,
@@ -540,87 +544,155 @@ class ASREngine:
             self._batch_sizes.append(rows)
         return rows
 
-    def _slots(self, slots) -> torch.Tensor:
-        if isinstance(slots, np.ndarray):
-            return torch.from_numpy(slots).to(self.device)
-        return torch.tensor(slots, dtype=torch.long, device=self.device)
+    def _index(self, values: np.ndarray) -> torch.Tensor:
+        """Row indices on the device without a host sync (a pinned, non-blocking copy).
+
+        A blocking host-to-device copy waits for every kernel queued before it; through pinned
+        memory the copy is queued like a kernel (PyTorch keeps the pinned block until it ran).
+        """
+        host = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))
+        if self.device.type != "cuda":
+            return host
+        return host.pin_memory().to(self.device, non_blocking=True)
 
     def _execute(self, plan: TickPlan) -> tuple[Decoded, Decoded]:
         """Run a tick's encoder calls and its one decode.
+
+        Calls run in waves of step kinds (first, second, later). Wave 0 holds the live steps;
+        up to ``final_rows`` finals join them: each is stepped on a copy of its stream's state
+        in a pool row of its own, one sub-step per call of that kind, in the first call after
+        its previous sub-step, so a final of one or two sub-steps adds rows to the live calls
+        and no call of its own. Finals beyond that run in calls of their own on private copies
+        (``_private_finals``, the reference path, also ``final_rows=0``).
 
         Returns the tokens of the live rows (in the order of ``plan.live``) and of the finals
         (in the order of ``plan.finals``), frames counted from the first encoder frame of that
         row's work in this tick.
         """
         runner, pool, features = self._runner, self._pool, self._runner.features
-        calls = 0
-        # Rows of the single decode: live first steps, live later steps, then finals.
-        enc_parts: list[torch.Tensor] = []
-        len_parts: list[torch.Tensor] = []
-        state_parts: list[list[torch.Tensor]] = []
+        store = pool.encoder_state
+        n_shared = min(len(plan.finals), len(self._final_rows))
+        groups = _place_finals(plan.finals[:n_shared])
+
+        # The tick's row indices, one copy to the device: every live slot (decoder state),
+        # then each call's rows where finals join it, then the finals' pool rows and sources.
+        calls: dict[int, _Call] = {}
+        for k, group in enumerate(plan.live):  # wave 0
+            calls[_KINDS.index(group.kind)] = _Call(group.kind, live=group, live_at=k)
+        next_row = 0
+        for group in groups:
+            group.pool_rows = self._final_rows[next_row : next_row + len(group.members)]
+            next_row += len(group.members)
+            for j, at in enumerate(group.calls):
+                call = calls.setdefault(at, _Call(_KINDS[at % len(_KINDS)]))
+                call.finals.append((group, j))
+        parts: list[np.ndarray] = [group.slots for group in plan.live]
+        n_live = plan.live_rows
+        cursor = n_live
+        for at in sorted(calls):
+            call = calls[at]
+            if not call.finals:
+                continue
+            if call.live is not None:
+                parts.append(call.live.slots)
+            parts += [group.pool_rows for group, _ in call.finals]
+            call.span = (cursor, cursor + call.rows)
+            cursor += call.rows
+        for group in groups:
+            group.span = (cursor, cursor + len(group.members))
+            parts += [group.pool_rows, group.sources(plan.finals)]
+            cursor += 2 * len(group.members)
+        index = self._index(np.concatenate(parts)) if parts else None
+        live_index, offset = [], 0
+        for group in plan.live:
+            live_index.append(index[offset : offset + len(group)])
+            offset += len(group)
 
         # 1. Finals first: they copy the live state before this tick's live steps advance it.
-        groups: dict[tuple, list[int]] = {}
-        for i, work in enumerate(plan.finals):
-            key = (work.slot is None, tuple(work.substeps))
-            groups.setdefault(key, []).append(i)
-        final_order: list[int] = []
-        final_enc, final_len, final_state = [], [], []
-        for (fresh, substeps), members in groups.items():
-            works = [plan.finals[i] for i in members]
-            total = works[0].end - works[0].start
-            mel = features.compute(np.stack([w.window for w in works]), total)
-            if fresh:
-                caches = pool.initial_encoder(len(works))
-                dec_state = pool.start_decoder(len(works))
+        private_order, enc_parts, len_parts, state_parts, n_calls = self._private_finals(
+            plan.finals[n_shared:], n_shared
+        )
+        for group in groups:
+            lo, hi = group.span
+            rows, sources = index[lo:hi], index[hi : hi + (hi - lo)]
+            works = [plan.finals[i] for i in group.members]
+            if group.fresh:
+                group.dec_state = pool.start_decoder(len(works))
             else:
-                idx = self._slots([w.slot for w in works])
-                caches = pool.gather_encoder(idx)
-                dec_state = pool.gather_decoder(idx)
-            outs, lens, pos = [], None, 0
-            for j, (kind, n) in enumerate(substeps):
-                res = runner.encode(
-                    kind, mel[:, :, pos : pos + n], caches, keep_all=j == len(substeps) - 1
-                )
-                calls += 1
-                pos += n
-                width = int(res.lengths.max())
-                outs.append(res.encoded[:, :, :width])
-                lens = res.lengths if lens is None else lens + res.lengths
-            final_order.extend(members)
-            final_enc.append(torch.cat(outs, dim=2))
-            if self._encoder_tap is not None:
-                for row, work in enumerate(works):
-                    self._encoder_tap(work.stream.id, "final", final_enc[-1][row, :, : lens[row]])
-            final_len.append(lens)
-            final_state.append(dec_state)
-
-        # 2. Live steps: one encoder call per step shape, updating the slots in place.
-        live_idx = []
-        for group in plan.live:
-            idx = self._slots(group.slots)
-            mel = features.compute(group.windows, group.n_frames)
-            res = runner.encode(group.kind, mel, pool.encoder_state, idx)
-            calls += 1
+                pool.copy_encoder(sources, rows)
+                group.dec_state = pool.gather_decoder(sources)
+            total = sum(n for _, n in group.substeps)
+            group.mel = features.compute(np.stack([w.window for w in works]), total)
+        for group, rows in zip(plan.live, live_index, strict=True):
             if group.kind == FIRST:
-                pool.reset_decoder(idx)
-            enc_parts.append(res.encoded)
-            len_parts.append(res.lengths)
-            live_idx.append(idx)
-            if self._encoder_tap is not None:
+                pool.reset_decoder(rows)
+
+        # 2. The calls, in order; the pool rows advance in place.
+        remaining = collections.Counter(call.kind for call in calls.values())
+        live_out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for at in sorted(calls):
+            call = calls[at]
+            remaining[call.kind] -= 1
+            mel_parts = []
+            if call.live is not None:
+                mel_parts.append(features.compute(call.live.windows, call.live.n_frames))
+            keep_all = False
+            for group, j in call.finals:
+                start = sum(n for _, n in group.substeps[:j])
+                mel_parts.append(group.mel[:, :, start : start + group.substeps[j][1]])
+                keep_all |= j == len(group.substeps) - 1
+            if call.span is not None:
+                rows = index[call.span[0] : call.span[1]]
+            else:
+                rows = live_index[call.live_at]
+            mel = mel_parts[0] if len(mel_parts) == 1 else mel_parts
+            res = runner.encode(call.kind, mel, store, rows, keep_all=keep_all)
+            n_calls += 1
+            # A graph's outputs are rewritten by its next replay: keep copies if one follows.
+            keep = (lambda t: t.clone()) if remaining[call.kind] and runner.use_graphs else None
+            first = 0
+            if call.live is not None:
+                first = len(call.live)
+                enc, lens = res.encoded[:first], res.lengths[:first]
+                if keep_all:
+                    enc, lens = self._cut(call.kind, enc, lens, False)
+                live_out[id(call.live)] = (keep(enc), keep(lens)) if keep else (enc, lens)
+            for group, j in call.finals:
+                size = len(group.members)
+                last = j == len(group.substeps) - 1
+                enc, lens = res.encoded[first : first + size], res.lengths[first : first + size]
+                enc, lens = self._cut(call.kind, enc, lens, last)
+                group.outs.append((keep(enc), keep(lens)) if keep else (enc, lens))
+                first += size
+
+        # 3. One greedy decode for every row: live rows, then shared finals, then private ones.
+        live_enc = [live_out[id(group)] for group in plan.live]
+        if self._encoder_tap is not None:
+            for group, (enc, lens) in zip(plan.live, live_enc, strict=True):
                 for i, row in enumerate(group.rows.tolist()):
                     handle = self._by_row[row]
                     if handle is not None:
-                        self._encoder_tap(handle.id, "live", res.encoded[i, :, : res.lengths[i]])
-        n_live = plan.live_rows
-        if live_idx:
-            all_live = torch.cat(live_idx)
-            state_parts.append(pool.gather_decoder(all_live))
-
-        # 3. One greedy decode for every row.
-        enc_parts += final_enc
-        len_parts += final_len
-        state_parts += final_state
+                        self._encoder_tap(handle.id, "live", enc[i, :, : int(lens[i])])
+        final_order: list[int] = []
+        final_enc, final_len, final_state = [], [], []
+        for group in groups:
+            enc = torch.cat([e for e, _ in group.outs], dim=2)
+            lens = group.outs[0][1]
+            for _, more in group.outs[1:]:
+                lens = lens + more
+            final_order += group.members
+            final_enc.append(enc)
+            final_len.append(lens)
+            final_state.append(group.dec_state)
+            self._tap_finals([plan.finals[i] for i in group.members], enc, lens)
+        final_order += private_order
+        enc_parts = [e for e, _ in live_enc] + final_enc + enc_parts
+        len_parts = [n for _, n in live_enc] + final_len + len_parts
+        live_state = []
+        if n_live:
+            all_live = index[:n_live]
+            live_state.append(pool.gather_decoder(all_live))
+        state_parts = live_state + final_state + state_parts
         width = max(e.shape[2] for e in enc_parts)
         encoded = torch.cat([F.pad(e, (0, width - e.shape[2])) for e in enc_parts], dim=0)
         lengths = torch.cat(len_parts)
@@ -632,11 +704,72 @@ class ASREngine:
                 all_live, [t.narrow(d, 0, n_live) for t, d in zip(new_state, dims, strict=True)]
             )
         with self._lock:
-            self._encoder_calls += calls
+            self._encoder_calls += n_calls
         live = Decoded(counts[:n_live], ids[:n_live], frames[:n_live])
         order = np.empty(len(final_order), np.int64)
         order[np.asarray(final_order, np.int64)] = np.arange(len(final_order)) + n_live
         return live, Decoded(counts[order], ids[order], frames[order])
+
+    def _cut(
+        self, kind: str, enc: torch.Tensor, lens: torch.Tensor, keep_all: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A call's outputs ``[B, D, T]`` cut to a ``kind`` step's width (``keep_all`` or not).
+
+        Every row of a call has as many frames as the output is wide, so the width is a number
+        the runner knows; reading the lengths back (a host sync) is only the fallback.
+        """
+        width = self._runner.width(kind, keep_all)
+        if width is None:
+            width = int(lens.max())
+        if not keep_all:
+            lens = lens.clamp(max=self._runner.out_per_step)
+        return enc[:, :, :width], lens
+
+    def _private_finals(self, works: list[FinalWork], first: int):
+        """Finals in calls of their own, each group of equal sub-steps on a private state copy.
+
+        Returns the finals' indices (``first`` + position in ``works``), their encoder outputs,
+        lengths and decoder states (one entry per group), and the number of encoder calls.
+        """
+        runner, pool, features = self._runner, self._pool, self._runner.features
+        groups: dict[tuple, list[int]] = {}
+        for i, work in enumerate(works):
+            groups.setdefault((work.slot is None, tuple(work.substeps)), []).append(i)
+        order: list[int] = []
+        encs, lens_out, states = [], [], []
+        calls = 0
+        for (fresh, substeps), members in groups.items():
+            batch = [works[i] for i in members]
+            total = batch[0].end - batch[0].start
+            mel = features.compute(np.stack([w.window for w in batch]), total)
+            if fresh:
+                caches = pool.initial_encoder(len(batch))
+                dec_state = pool.start_decoder(len(batch))
+            else:
+                idx = self._index(np.array([w.slot for w in batch], np.int64))
+                caches = pool.gather_encoder(idx)
+                dec_state = pool.gather_decoder(idx)
+            outs, lens, pos = [], None, 0
+            for j, (kind, n) in enumerate(substeps):
+                last = j == len(substeps) - 1
+                res = runner.encode(kind, mel[:, :, pos : pos + n], caches, keep_all=last)
+                calls += 1
+                pos += n
+                enc, step_lens = self._cut(kind, res.encoded, res.lengths, last)
+                outs.append(enc)
+                lens = step_lens if lens is None else lens + step_lens
+            enc = torch.cat(outs, dim=2)
+            self._tap_finals(batch, enc, lens)
+            order += [first + i for i in members]
+            encs.append(enc)
+            lens_out.append(lens)
+            states.append(dec_state)
+        return order, encs, lens_out, states, calls
+
+    def _tap_finals(self, works: list[FinalWork], enc: torch.Tensor, lens: torch.Tensor) -> None:
+        if self._encoder_tap is not None:
+            for row, work in enumerate(works):
+                self._encoder_tap(work.stream.id, "final", enc[row, :, : int(lens[row])])
 
     def _commit(self, plan: TickPlan, live: Decoded, final: Decoded):
         """Apply a tick's results to the streams; return what to deliver (scheduler thread).
@@ -722,6 +855,68 @@ class ASREngine:
             for values in chunk_ms:
                 self._chunk_ms.extend(values.tolist())
         return finals, events
+
+
+_KINDS = (FIRST, SECOND, LATER)  # the order of a wave's calls
+
+
+@dataclasses.dataclass
+class _FinalGroup:
+    """Shared finals with the same sub-steps in the same calls (contiguous rows in each)."""
+
+    members: list[int]  # indices into the tick's finals
+    substeps: list[tuple[str, int]]
+    calls: list[int]  # the call of each sub-step: wave * len(_KINDS) + kind's position
+    fresh: bool  # the utterance has no step yet: start state, nothing to copy
+    pool_rows: np.ndarray | None = None  # the pool rows holding their state copies
+    span: tuple[int, int] | None = None  # where those rows sit in the tick's index tensor
+    dec_state: list[torch.Tensor] | None = None
+    mel: torch.Tensor | None = None  # [G, n_mels, frames of all sub-steps]
+    outs: list[tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=list)
+
+    def sources(self, finals: list[FinalWork]) -> np.ndarray:
+        """The live slots the state copies come from (the pool rows themselves when fresh)."""
+        if self.fresh:
+            return self.pool_rows
+        return np.array([finals[i].slot for i in self.members], np.int64)
+
+
+@dataclasses.dataclass
+class _Call:
+    """One encoder call of a tick: a live group's rows, then finals' rows for one sub-step."""
+
+    kind: str
+    live: LiveGroup | None = None
+    live_at: int = -1  # position of ``live`` in the plan
+    finals: list[tuple[_FinalGroup, int]] = dataclasses.field(default_factory=list)
+    span: tuple[int, int] | None = None  # its rows in the tick's index tensor, if finals join
+
+    @property
+    def rows(self) -> int:
+        live = len(self.live) if self.live is not None else 0
+        return live + sum(len(group.members) for group, _ in self.finals)
+
+
+def _place_finals(works: list[FinalWork]) -> list[_FinalGroup]:
+    """Each sub-step in the first call of its kind after the previous one; group equal ones."""
+    groups: dict[tuple, _FinalGroup] = {}
+    for i, work in enumerate(works):
+        at, placed = 0, []
+        for kind, _ in work.substeps:
+            wave, pos = divmod(at, len(_KINDS))
+            if _KINDS.index(kind) < pos:
+                wave += 1
+            at = wave * len(_KINDS) + _KINDS.index(kind)
+            placed.append(at)
+            at += 1
+        key = (tuple(work.substeps), tuple(placed))
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = _FinalGroup(
+                [], list(work.substeps), placed, fresh=work.slot is None
+            )
+        group.members.append(i)
+    return list(groups.values())
 
 
 @dataclasses.dataclass

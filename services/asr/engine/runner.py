@@ -48,8 +48,39 @@ class EncoderOut:
     lengths: torch.Tensor  # [B]
 
 
+class _CudaGraph:
+    """``run`` captured once in a CUDA graph (GPU only); ``replay`` reruns it on its buffers.
+
+    The verified recipe: warm up on a side stream, then capture (autocast's weight cache is
+    off in the encoder step). ``out`` holds the captured outputs, rewritten by each replay.
+    """
+
+    @staticmethod
+    def new_pool(device: torch.device):
+        """The memory pool the graphs of one runner share (their intermediates overlap)."""
+        return torch.cuda.graph_pool_handle()
+
+    def __init__(self, run: Callable[[], Any], device: torch.device, pool) -> None:
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.out = run()
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
 class ModelRunner:
     """Executes batched encoder steps and greedy decodes for the engine."""
+
+    # Makes a graph of a step: ``factory(run, device, pool)`` with ``.out`` and ``.replay()``,
+    # and ``factory.new_pool(device)`` the memory pool its graphs share. Tests put a CPU fake here.
+    graph_factory: type = _CudaGraph
 
     def __init__(self, model, config: EngineConfig, device: torch.device) -> None:
         from nemo.collections.asr.parts.submodules.transducer_decoding.rnnt_label_looping import (
@@ -81,10 +112,11 @@ class ModelRunner:
         # A second step exists when the first step leaves fewer mel frames than the cache.
         self.has_second = 0 < self.chunk_first < self.pre_cache
         self.drop_second = (
-            self._pre_encoded_frames(self.chunk_first + self.chunk) - self.out_per_step
+            self._pre_encoded_frames(self.chunk_first + self.chunk)[1] - self.out_per_step
             if self.has_second
             else self.drop_later
         )
+        self.widths = self._output_widths()
         enc_layout = self.encoder.layout
         self.cache_layout = CacheLayout(
             templates={
@@ -95,8 +127,10 @@ class ModelRunner:
         )
 
         self.use_cuda = device.type == "cuda"
-        self.use_graphs = bool(config.cuda_graphs and self.use_cuda)
-        if config.cuda_graphs and not self.use_cuda:
+        self.use_graphs = bool(
+            config.cuda_graphs and (self.use_cuda or self.graph_factory is not _CudaGraph)
+        )
+        if config.cuda_graphs and not self.use_graphs:
             logger.warning("cuda_graphs ignored: device %s is not CUDA", device)
         self.buckets: tuple[int, ...] = ()  # eager calls need no fixed shapes
         if self.use_graphs:
@@ -105,7 +139,6 @@ class ModelRunner:
             self.buckets = tuple(b for b in (given or _CUDA_BUCKETS) if b < top) + (top,)
         self._graphs: dict[tuple[str, int], _GraphedEncoderStep] = {}
         self._graph_pool = None
-        self._graph_factory: Callable[..., Any] = _CudaGraph
         # Bound by ``bind_store``: the slot pool's encoder state, which the graphs read and write
         # in place, and the row that padded rows of a bucket point at.
         self._store: dict[str, torch.Tensor] | None = None
@@ -135,13 +168,42 @@ class ModelRunner:
     # ---- shapes and templates ----
 
     @torch.inference_mode()
-    def _pre_encoded_frames(self, n_mel: int) -> int:
-        """Frames the pre-encode subsampling makes of ``n_mel`` mel frames."""
+    def _pre_encoded_frames(self, n_mel: int) -> tuple[int, int]:
+        """Frames the pre-encode subsampling makes of ``n_mel`` mel frames: (shape, length)."""
         mel = torch.zeros(1, n_mel, self.n_mels, device=self.device)
-        _, lengths = self.model.encoder.pre_encode(
+        x, lengths = self.model.encoder.pre_encode(
             x=mel, lengths=torch.tensor([n_mel], device=self.device)
         )
-        return int(lengths[0])
+        return int(x.shape[1]), int(lengths[0])
+
+    def _output_widths(self) -> dict[str, int] | None:
+        """Encoder frames a step of each kind outputs with ``keep_all``; None if not static.
+
+        Every row of a call gets the same number of mel frames, so its output length is the
+        output's width: the engine slices and joins outputs by these numbers instead of reading
+        lengths back from the device mid-tick. None (a subsampling whose length formula and
+        output shape disagree) makes the engine read the lengths instead.
+        """
+        steps = [
+            (FIRST, self.chunk_first, 0),
+            (LATER, self.pre_cache + self.chunk, self.drop_later),
+        ]
+        if self.has_second:
+            steps.append((SECOND, self.chunk_first + self.chunk, self.drop_second))
+        widths = {}
+        for kind, n_mel, drop in steps:
+            shape, length = self._pre_encoded_frames(n_mel)
+            if shape != length:
+                return None
+            widths[kind] = shape - drop
+        return widths
+
+    def width(self, kind: str, keep_all: bool) -> int | None:
+        """Output width of a ``kind`` step (None when not static, see ``_output_widths``)."""
+        if self.widths is None:
+            return None
+        full = self.widths[kind]
+        return full if keep_all else min(full, self.out_per_step)
 
     def _start_state(self, batch: int) -> list[torch.Tensor]:
         labels = torch.full([batch], self.blank, dtype=torch.long, device=self.device)
@@ -174,7 +236,7 @@ class ModelRunner:
     def encode(
         self,
         kind: str,
-        new_mel: torch.Tensor,
+        new_mel: torch.Tensor | list[torch.Tensor],
         caches: dict[str, torch.Tensor],
         rows: torch.Tensor | None = None,
         keep_all: bool = False,
@@ -183,14 +245,20 @@ class ModelRunner:
 
         Args:
             kind: ``FIRST`` (the rows start an utterance), ``SECOND`` or ``LATER``.
-            new_mel: ``[B, n_mels, n]`` new mel frames of each row.
+            new_mel: ``[B, n_mels, n]`` new mel frames of each row, or parts of it to be
+                joined along the batch (a graph copies each into its static input).
             caches: state tensors in ``cache_layout`` (the slot pool's, or a private copy).
             rows: indices of the B rows in ``caches`` (None: ``caches`` holds exactly B rows).
-            keep_all: keep outputs past ``valid_out_len`` (the last step of a final).
+            keep_all: keep outputs past ``valid_out_len`` (the last step of a final). The
+                caches advance the same either way: only the output is cut.
+
+        With graphs, the outputs are views of the graph's own, rewritten by its next replay.
         """
-        if rows is not None and caches is self._store and self._graphs and not keep_all:
-            return self._encode_graphed(kind, new_mel, rows)
-        enc, enc_len = self._step(kind, new_mel, caches, rows, keep_all)
+        parts = new_mel if isinstance(new_mel, list) else [new_mel]
+        if rows is not None and caches is self._store and self._graphs:
+            return self._encode_graphed(kind, parts, rows, keep_all)
+        mel = parts[0] if len(parts) == 1 else torch.cat(parts)
+        enc, enc_len = self._step(kind, mel, caches, rows, keep_all)
         return EncoderOut(enc, enc_len)
 
     def _step(
@@ -241,30 +309,37 @@ class ModelRunner:
             self._static_mel[n] = torch.zeros(top, self.n_mels, n, device=self.device)
 
     def capture_graphs(self) -> None:
-        """Capture every (kind, bucket) live step on the bound store (warm-up only)."""
+        """Capture every (kind, bucket) step on the bound store (warm-up only).
+
+        The graphs keep all outputs (a final's last step needs them); ``encode`` cuts them to
+        ``valid_out_len`` for the other calls, outside the graph.
+        """
         if self._store is None:
             raise RuntimeError("bind_store() before capture_graphs()")
-        if self._graph_pool is None and self._graph_factory is _CudaGraph:
-            self._graph_pool = torch.cuda.graph_pool_handle()
+        if self._graph_pool is None:
+            self._graph_pool = self.graph_factory.new_pool(self.device)
         kinds = [FIRST, SECOND, LATER] if self.has_second else [FIRST, LATER]
         # Largest first: smaller graphs then reuse the pool memory the larger ones freed.
         for batch in sorted(self.buckets, reverse=True):
             for kind in kinds:
                 n = self.chunk_first if kind == FIRST else self.chunk
                 self._graphs[(kind, batch)] = _GraphedEncoderStep(
-                    lambda mel, rows, kind=kind: self._step(kind, mel, self._store, rows, False),
+                    lambda mel, rows, kind=kind: self._step(kind, mel, self._store, rows, True),
                     self._static_mel[n][:batch],
                     self._static_rows[:batch],
                     self._scratch,
-                    lambda run: self._graph_factory(run, self.device, self._graph_pool),
+                    lambda run: self.graph_factory(run, self.device, self._graph_pool),
                 )
         logger.info("Captured CUDA graphs: %s steps, batch buckets %s", kinds, self.buckets)
 
-    def _encode_graphed(self, kind: str, new_mel: torch.Tensor, rows: torch.Tensor) -> EncoderOut:
-        batch, top = new_mel.shape[0], self.buckets[-1]
-        if batch > top:  # never planned by the engine; split rather than capture a new shape
+    def _encode_graphed(
+        self, kind: str, mel_parts: list[torch.Tensor], rows: torch.Tensor, keep_all: bool
+    ) -> EncoderOut:
+        batch, top = rows.shape[0], self.buckets[-1]
+        if batch > top:  # live rows plus finals' rows: split rather than capture a new shape
+            new_mel = mel_parts[0] if len(mel_parts) == 1 else torch.cat(mel_parts)
             parts = [
-                self._encode_graphed(kind, new_mel[i : i + top], rows[i : i + top])
+                self._encode_graphed(kind, [new_mel[i : i + top]], rows[i : i + top], keep_all)
                 for i in range(0, batch, top)
             ]
             # Each part is a view of a graph's output, which the next replay overwrites.
@@ -278,8 +353,11 @@ class ModelRunner:
             if key not in self._missed:
                 self._missed.add(key)
                 logger.warning("no CUDA graph for %s step of batch %d: running it eagerly", *key)
-            return EncoderOut(*self._step(kind, new_mel, self._store, rows, False))
-        enc, enc_len = step(new_mel, rows)
+            new_mel = mel_parts[0] if len(mel_parts) == 1 else torch.cat(mel_parts)
+            return EncoderOut(*self._step(kind, new_mel, self._store, rows, keep_all))
+        enc, enc_len = step(mel_parts, rows)
+        if not keep_all and enc.shape[2] > self.out_per_step:
+            enc, enc_len = enc[:, :, : self.out_per_step], enc_len.clamp(max=self.out_per_step)
         return EncoderOut(enc, enc_len)
 
     # ---- decoder ----
@@ -386,28 +464,6 @@ def _gib(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:.1f}"
 
 
-class _CudaGraph:
-    """``run`` captured once in a CUDA graph (GPU only); ``replay`` reruns it on its buffers.
-
-    The verified recipe: warm up on a side stream, then capture (autocast's weight cache is
-    off in the encoder step). ``out`` holds the captured outputs, rewritten by each replay.
-    """
-
-    def __init__(self, run: Callable[[], Any], device: torch.device, pool) -> None:
-        side = torch.cuda.Stream(device=device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                run()
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.out = run()
-
-    def replay(self) -> None:
-        self.graph.replay()
-
-
 class _GraphedEncoderStep:
     """The live step of one (kind, bucket) in a graph; the pool rows are read and written in it.
 
@@ -430,9 +486,13 @@ class _GraphedEncoderStep:
         self.rows.fill_(scratch)  # capture runs (and warm-up) touch only the scratch slot
         self.graph = capture(lambda: step(self.mel, self.rows))
 
-    def __call__(self, mel: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = mel.shape[0]
-        self.mel[:n].copy_(mel)
+    def __call__(
+        self, mel_parts: list[torch.Tensor], rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = 0
+        for part in mel_parts:  # each part straight into its slice of the static input
+            self.mel[n : n + part.shape[0]].copy_(part)
+            n += part.shape[0]
         self.rows[:n].copy_(rows)
         self.rows[n:].fill_(self.scratch)
         self.graph.replay()

@@ -124,6 +124,12 @@ class SlotPool:
         dims = self._layout.batch_dims
         return {name: t.index_select(dims[name], idx) for name, t in self.encoder_state.items()}
 
+    def copy_encoder(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Copy the encoder state of slots ``src`` into slots ``dst`` (long tensors, same size)."""
+        dims = self._layout.batch_dims
+        for name, t in self.encoder_state.items():
+            t.index_copy_(dims[name], dst, t.index_select(dims[name], src))
+
     def initial_encoder(self, batch: int) -> dict[str, torch.Tensor]:
         """Zero encoder state for ``batch`` streams starting an utterance (not in any slot)."""
         return self._layout.zeros(batch)
