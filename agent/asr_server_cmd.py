@@ -124,6 +124,13 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         "(default 30 on CPU, 0 on CUDA; finals never wait for it)",
     )
     parser.add_argument(
+        "--final-rows",
+        type=int,
+        default=None,
+        help="finals per step that run inside the live steps' encoder calls (default: "
+        "max_streams/16 in 8..256 on CUDA, 4 on CPU; 0: every final in calls of its own)",
+    )
+    parser.add_argument(
         "--torch-threads",
         type=int,
         default=None,
@@ -172,6 +179,7 @@ def engine_options(args: argparse.Namespace, stt: Any) -> dict[str, Any]:
         "cuda_graphs": args.cuda_graphs,
         "max_batch": args.max_batch or None,
         "batch_window_ms": args.batch_window_ms,
+        "final_rows": args.final_rows,
     }
 
 

@@ -175,3 +175,25 @@ def test_push_audio_rejects_non_finite_samples_and_the_stream_keeps_working(make
     final = stream.finalize_sync(timeout=30)
     assert final.text == expected.text
     assert final.audio_end_s == expected.audio_end_s == pytest.approx(1.6)
+
+
+def test_final_rows_reaches_the_engine_config_from_the_server_flags():
+    import argparse
+    from types import SimpleNamespace
+
+    from agent.asr_server_cmd import add_engine_options, engine_options
+    from services.asr.engine.config import EngineConfig
+    from services.asr.server.engine_options import serving_engine_config
+
+    parser = argparse.ArgumentParser()
+    add_engine_options(parser)
+    stt = SimpleNamespace(model="m.nemo", device="cpu", dtype="fp32", chunk_ms=160, encoder="fast")
+    for flags, want in (([], None), (["--final-rows", "0"], 0), (["--final-rows", "32"], 32)):
+        options = engine_options(parser.parse_args(flags), stt)
+        assert serving_engine_config(options, dtype_chosen=True).final_rows == want
+    # None resolves per device: a few rows on CPU, a share of the streams on CUDA.
+    assert EngineConfig(max_streams=4000).resolved_final_rows("cuda") == 250
+    assert EngineConfig(max_streams=64).resolved_final_rows("cuda:0") == 8
+    assert EngineConfig(max_streams=4000).resolved_final_rows("cpu") == 4
+    with pytest.raises(ValueError, match="final_rows"):
+        EngineConfig(final_rows=-1)

@@ -22,6 +22,7 @@ ENGINE_OPTIONS = (
     "max_batch",
     "cuda_graphs",
     "batch_window_ms",
+    "final_rows",
 )
 # The dtype a server runs when none was chosen: bf16 where it pays (CUDA), fp32 elsewhere.
 DEFAULT_DTYPE = "bf16"
