@@ -95,6 +95,8 @@ def main() -> int:
         "nemo": dict(encoder="nemo", dtype="fp32"),
         "fast": dict(encoder="fast", dtype="fp32"),
         "fast-bf16": dict(encoder="fast", dtype="bf16"),
+        # Every final in calls of its own (the reference path of finals inside the live calls).
+        "fast-bf16-own-finals": dict(encoder="fast", dtype="bf16", final_rows=0),
     }
     if device.type == "cuda":
         variants["fast-bf16-graphs"] = dict(encoder="fast", dtype="bf16", cuda_graphs=True)
@@ -105,7 +107,12 @@ def main() -> int:
         results[name] = run_engine(model, config, audio)
         print(f"{name}: {len(audio)} streams in {time.perf_counter() - started:.1f} s", flush=True)
     ref = results["nemo"]
-    twin = {"fast": "nemo", "fast-bf16": "fast", "fast-bf16-graphs": "fast-bf16"}
+    twin = {
+        "fast": "nemo",
+        "fast-bf16": "fast",
+        "fast-bf16-own-finals": "fast-bf16",
+        "fast-bf16-graphs": "fast-bf16",
+    }
     report = {
         "args": vars(args),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",

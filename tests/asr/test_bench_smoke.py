@@ -60,7 +60,10 @@ def test_gpu_exactness_dry_run_on_cpu(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [*argv, "--seconds", "2", "--out", str(tmp_path)])
     assert check.main() == 0
     report = json.loads((tmp_path / "gpu_exactness.json").read_text())["variants"]
-    assert set(report) == {"nemo", "fast", "fast-bf16"}
+    assert set(report) == {"nemo", "fast", "fast-bf16", "fast-bf16-own-finals"}
     assert report["fast"]["vs_nemo_fp32"] < 1e-5 and report["fast"]["finals_equal_twin"] == 5
     assert 0 < report["fast-bf16"]["vs_twin"] < 0.1
+    # Finals inside the live calls and in calls of their own: the same live rows, same finals.
+    own = report["fast-bf16-own-finals"]
+    assert own["vs_twin"] == 0 and own["finals_equal_twin"] == 5
     assert "finals equal to twin" in capsys.readouterr().out
