@@ -50,6 +50,26 @@ def test_bench_engine_cpu_smoke(tmp_path, monkeypatch, capsys):
     assert "visible CPU us/row" in capsys.readouterr().out
 
 
+def test_bench_finals_smoke(tmp_path, monkeypatch, capsys):
+    """Finals inside the live calls save the calls of their own, tiny model, short form."""
+    script = SCRIPT.parent / "bench_finals.py"
+    spec = importlib.util.spec_from_file_location("bench_finals", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["bench_finals.py", "--arch", "tiny", "--batch", "4", "--finals", "2"]
+    monkeypatch.setattr(
+        sys, "argv", [*argv, "--seconds", "4", "--repeats", "2", "--out", str(tmp_path)]
+    )
+    assert bench.main() == 0
+    report = json.loads((tmp_path / "bench_finals.json").read_text())
+    own, inside = sorted(report["results"], key=lambda r: r["final_rows"])
+    assert own["final_rows"] == 0 and inside["final_rows"] == 2
+    # Live step + two sub-steps of their own, against the live call + one more wave.
+    assert own["encoder_calls"] == 3 and inside["encoder_calls"] == 2
+    assert (tmp_path / "bench_finals.png").stat().st_size > 0
+    assert "time to finals ms" in capsys.readouterr().out
+
+
 def test_gpu_exactness_dry_run_on_cpu(tmp_path, monkeypatch, capsys):
     """The GPU check's output comparison, on CPU (no graphs here): the fast step matches NeMo's."""
     script = SCRIPT.parent / "gpu_exactness.py"
