@@ -156,6 +156,24 @@ class TrialConfig:
     # Client processes (one event loop drives a few hundred 20 ms streams at most).
     client_procs: int = 1
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **overrides: Any) -> TrialConfig:
+        """The load level of the command line's options (``--streams`` etc.); ``overrides`` win.
+
+        ``streams`` is ``args.streams`` unless it is among ``overrides``.
+        """
+        options = {
+            "duration": args.duration,
+            "send_ms": args.send_ms,
+            "warmup_s": args.warmup,
+            "max_drift_s": args.max_drift,
+            "token": args.token,
+            "client_procs": max(1, args.client_procs),
+        }
+        if "streams" not in overrides:
+            options["streams"] = args.streams
+        return cls(**(options | overrides))
+
 
 @dataclass
 class ClientStats:
@@ -869,15 +887,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     speech, source = load_speech(args.wav, fetch=args.fetch)
     print(f"speech: {source}")
-    base = TrialConfig(
-        streams=args.streams,
-        duration=args.duration,
-        send_ms=args.send_ms,
-        warmup_s=args.warmup,
-        max_drift_s=args.max_drift,
-        token=args.token,
-        client_procs=max(1, args.client_procs),
-    )
+    base = TrialConfig.from_args(args)
     server: ServerProcess | None = None
     url = args.url
     # A plain `kill` must still stop the server we started (the finally below).

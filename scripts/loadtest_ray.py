@@ -79,15 +79,7 @@ def run_target(target: Target, args: argparse.Namespace, model: str, speech, out
         server: lt.ServerProcess = ClusterProcess(model, replicas=target.replicas, **common)
     else:
         server = lt.ServerProcess(model, **common)
-    base = lt.TrialConfig(
-        streams=args.start,
-        duration=args.duration,
-        send_ms=args.send_ms,
-        warmup_s=args.warmup,
-        max_drift_s=args.max_drift,
-        token=args.token,
-        client_procs=max(1, args.client_procs),
-    )
+    base = lt.TrialConfig.from_args(args, streams=args.start)
     print(f"\n== {target.name}: starting on {model} ({args.device}, {args.dtype}) ...")
     started = time.perf_counter()
     server.start()

@@ -13,7 +13,6 @@ import contextlib
 import json
 import statistics
 import time
-import wave
 from dataclasses import dataclass
 
 import pytest
@@ -35,8 +34,8 @@ from tests.asr_server import test_server as single_box
 from tests.asr_server.tiny import chunks, speechlike_pcm
 from tests.cluster.conftest import MAX_STREAMS
 from tests.cluster.ray_cluster import TOKEN, node_prefix, tiny_replica_options
-from tests.e2e.speech import load_utterances
 from tests.stt.harness import LivePipeline
+from tests.support.speech import real_utterances_pcm
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -166,21 +165,7 @@ GAP = bytes(int(4.5 * P.BYTES_PER_SECOND))  # between turns 1 and 2: past the id
 @pytest.fixture(scope="module")
 def utterances() -> list[bytes]:
     """Three real recorded utterances (Asterisk prompts, 1.8-2.6 s) as 16 kHz PCM16."""
-    try:
-        found = load_utterances()
-    except RuntimeError as exc:
-        pytest.skip(f"real speech unavailable: {exc}")
-    chosen = sorted(
-        (u for u in found if u.id.startswith("asterisk/") and 1.8 <= u.duration_s <= 2.6),
-        key=lambda u: u.id,
-    )[:3]
-    if len(chosen) < 3:
-        pytest.skip("no real speech cached (scripts/fetch_speech.py)")
-    pcm = []
-    for utterance in chosen:
-        with wave.open(str(utterance.path)) as w:
-            pcm.append(w.readframes(w.getnframes()))
-    return pcm
+    return real_utterances_pcm("asterisk/", 1.8, 2.6, 3)
 
 
 async def converse(live: LivePipeline, utterances: list[bytes], halfway) -> None:

@@ -27,6 +27,7 @@ from tests.e2e.agent_process import start_agent
 from tests.lifecycle.test_startup_errors import assert_clean_failure, cli, free_port
 from tests.support.doctor import doctor_rows
 from tests.support.in_thread import InThread
+from tests.support.loopback_http import LoopbackHTTPServer
 
 pytest.importorskip("daily", reason="needs daily-python (pipecat-ai[daily])")
 
@@ -90,28 +91,19 @@ def test_doctor_reports_the_daily_api_key(key_in, tmp_path, monkeypatch, capsys)
 
 
 @dataclass
-class FakeDailyAPI:
+class FakeDailyAPI(LoopbackHTTPServer):
     """FAKE Daily REST API (``/v1/rooms``, ``/v1/meeting-tokens``), recording every request."""
 
     base_url: str = ""
     requests: list[tuple[str, str, str, dict]] = field(default_factory=list)
-    _runner: web.AppRunner | None = None
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1/rooms", self._rooms)
+        router.add_post("/v1/meeting-tokens", self._tokens)
 
     async def start(self) -> FakeDailyAPI:
-        app = web.Application()
-        app.router.add_post("/v1/rooms", self._rooms)
-        app.router.add_post("/v1/meeting-tokens", self._tokens)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.base_url = await self.serve() + "/v1"
         return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _record(self, request: web.Request) -> dict:
         body = await request.json()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import wave
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -29,8 +28,8 @@ from pipecat.frames.frames import (
 
 from services.asr.remote_stt import RemoteNemotronSTTService
 from services.asr.server.protocol import BYTES_PER_SECOND, E_RATE_LIMITED
-from tests.e2e.speech import load_utterances
 from tests.stt.harness import LivePipeline
+from tests.support.speech import real_utterances_pcm
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,22 +44,7 @@ GAP = bytes(int(4.5 * BYTES_PER_SECOND))
 @pytest.fixture(scope="module")
 def speech() -> list[bytes]:
     """Three real recorded utterances (Asterisk prompts, 1.8-2.6 s) as 16 kHz PCM16."""
-    try:
-        found = load_utterances()
-    except RuntimeError as exc:
-        pytest.skip(f"real speech unavailable: {exc}")
-    chosen = sorted(
-        (u for u in found if u.id.startswith("asterisk/") and 1.8 <= u.duration_s <= 2.6),
-        key=lambda u: u.id,
-    )[:3]
-    if len(chosen) < 3:
-        pytest.skip("no real speech cached (scripts/fetch_speech.py)")
-    pcm = []
-    for utterance in chosen:
-        with wave.open(str(utterance.path)) as w:
-            assert w.getframerate() == 16000 and w.getnchannels() == 1
-            pcm.append(w.readframes(w.getnframes()))
-    return pcm
+    return real_utterances_pcm("asterisk/", 1.8, 2.6, 3)
 
 
 def address(server) -> tuple[str, int]:

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from tests.support.loopback_http import LoopbackHTTPServer
+
 
 @dataclass
-class FakeOpenAIServer:
+class FakeOpenAIServer(LoopbackHTTPServer):
     """A scripted OpenAI-compatible server.
 
     Parameters:
@@ -38,26 +40,15 @@ class FakeOpenAIServer:
     requests: list[dict] = field(default_factory=list)
     headers: list[dict] = field(default_factory=list)
     model_lists: int = 0
-    _runner: web.AppRunner | None = None
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/v1/models", self._models)
+        router.add_post("/v1/chat/completions", self._completions)
 
     async def start(self) -> FakeOpenAIServer:
         """Listen on a free loopback port and set :attr:`base_url`."""
-        app = web.Application()
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_post("/v1/chat/completions", self._completions)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.base_url = await self.serve() + "/v1"
         return self
-
-    async def stop(self) -> None:
-        """Close the server."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     async def _models(self, _request: web.Request) -> web.Response:
         self.model_lists += 1

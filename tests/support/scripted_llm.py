@@ -22,6 +22,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from tests.support.loopback_http import LoopbackHTTPServer
+
 
 @cache
 def _smollm2_vocab():
@@ -63,7 +65,7 @@ def smollm2_prompt_tokens(messages: list[dict]) -> int:
 
 
 @dataclass
-class ScriptedLLMServer:
+class ScriptedLLMServer(LoopbackHTTPServer):
     """FAKE OpenAI-compatible server with scripted replies.
 
     Parameters:
@@ -92,31 +94,20 @@ class ScriptedLLMServer:
     refused: list[int] = field(default_factory=list)
     replies_started: int = 0
     abandoned: int = 0
-    _runner: web.AppRunner | None = None
 
     @property
     def streamed(self) -> list[dict]:
         """The streamed (conversation) requests, in arrival order."""
         return [r for r in self.requests if r.get("stream")]
 
-    async def start(self) -> ScriptedLLMServer:
-        """Listen on a free loopback port and set :attr:`base_url`."""
-        app = web.Application()
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_post("/v1/chat/completions", self._completions)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        return self
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/v1/models", self._models)
+        router.add_post("/v1/chat/completions", self._completions)
 
-    async def stop(self) -> None:
-        """Close the server."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    async def start(self) -> ScriptedLLMServer:
+        """Listen on :attr:`port` of the loopback interface and set :attr:`base_url`."""
+        self.base_url = await self.serve(self.port) + "/v1"
+        return self
 
     async def _models(self, _request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "scripted"}]})
