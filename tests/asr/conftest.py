@@ -117,6 +117,17 @@ def wait_until(cond: Callable[[], bool], timeout: float = 20.0, what: str = "con
         time.sleep(0.002)
 
 
+def wait_steps(engine: ASREngine, stream, mel_frames: int, what: str = "live steps") -> None:
+    """Wait until ``stream``'s live steps reached ``mel_frames`` and their tick committed.
+
+    Positions move when a tick's steps are queued, before its results are committed (so the
+    next tick can be planned meanwhile); the tick holds ``_tick_lock`` until it committed.
+    """
+    wait_until(lambda: stream._state.mel_pos == mel_frames, what=what)
+    with engine._tick_lock:
+        pass
+
+
 def live_steps_for(engine: ASREngine, n_samples: int) -> int:
     """Mel frames the live stream will have consumed once ``n_samples`` samples are pushed."""
     sched = engine._scheduler

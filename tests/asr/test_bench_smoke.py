@@ -43,9 +43,9 @@ def test_bench_engine_cpu_smoke(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path)])
     assert bench.main() == 0
     report = json.loads((tmp_path / "bench_engine_cpu.json").read_text())
-    rows = {r["batch"]: r for r in report["results"]}
-    assert set(rows) == {4, 16}
-    # The fake step is inside the tick; what is left is the engine's own CPU work.
+    rows = {(r["batch"], r["plan_ahead"]): r for r in report["results"]}
+    assert set(rows) == {(4, False), (4, True), (16, False), (16, True)}
+    # The fake device step is inside the tick; what is left is the engine's own CPU work.
     assert all(r["tick_ms"] >= 5 and r["visible_cpu_us_per_row"] > 0 for r in rows.values())
     assert "visible CPU us/row" in capsys.readouterr().out
 

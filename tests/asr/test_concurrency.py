@@ -17,7 +17,7 @@ import torch
 
 from services.asr.engine import EngineFullError, StreamClosedError
 
-from .conftest import babble, live_steps_for, wait_until
+from .conftest import babble, live_steps_for, wait_steps, wait_until
 from .test_exactness import ATOL, Tap, expected_out_frames
 
 
@@ -82,7 +82,7 @@ def test_batched_equals_single_with_staggered_joins_leaves_and_slot_reuse(make_e
         audio = plan[name][0]
         mel_frames = live_steps_for(engine, len(audio))
         stream = streams[name]
-        wait_until(lambda s=stream, m=mel_frames: s._state.mel_pos == m, what=f"{name} steps")
+        wait_steps(engine, stream, mel_frames, f"{name} steps")
         n_out = expected_out_frames(engine, mel_frames)
         reference = offline.encode(audio, 1)
         diff = (tap.joined(stream.id) - reference[:, :n_out]).abs().max().item()
@@ -294,7 +294,7 @@ def test_max_batch_caps_a_call_and_every_stream_progresses(make_engine, offline)
         s.push_audio(a)
     for s, a in zip(streams, audios, strict=True):
         mel_frames = live_steps_for(engine, len(a))
-        wait_until(lambda s=s, m=mel_frames: s._state.mel_pos == m, what="progress")
+        wait_steps(engine, s, mel_frames, "progress")
         n_out = expected_out_frames(engine, mel_frames)
         assert s._state.text.text == offline.transcript(a, 1, frames=n_out)
     assert max(size for kind, size in calls if kind != "final") <= 2
@@ -309,12 +309,12 @@ def test_long_stream_stays_bounded(make_engine, offline):
     for start in range(0, len(audio), 8000):
         stream.push_audio(audio[start : start + 8000])
         caught_up = live_steps_for(engine, min(start + 8000, len(audio)))
-        wait_until(lambda m=caught_up: stream._state.mel_pos == m, what="steps")
+        wait_steps(engine, stream, caught_up, "steps")
     # The audio lives in the stream's fixed ring, which 20 s of audio wrapped around.
     assert len(audio) > engine._table.ring_samples
     assert engine._table.ring is ring and ring.nbytes == ring_bytes
     mel_frames = live_steps_for(engine, len(audio))
-    wait_until(lambda: stream._state.mel_pos == mel_frames, what="all steps")
+    wait_steps(engine, stream, mel_frames, "all steps")
     state = stream._state
     n_out = expected_out_frames(engine, mel_frames)
     full = offline.transcript(audio, 1, frames=n_out)

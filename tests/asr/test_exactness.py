@@ -12,7 +12,7 @@ import torch
 
 from services.asr.engine import TranscriptEvent
 
-from .conftest import SR, Offline, babble, live_steps_for, make_joint_emit, wait_until
+from .conftest import SR, Offline, babble, live_steps_for, make_joint_emit, wait_steps, wait_until
 
 CHUNK_FOR_R = {0: 80, 1: 160, 6: 560, 13: 1120}
 ATOL = 1e-4  # DESIGN.md measured ~1.5e-6; batching and CPU kernels may add a little
@@ -84,7 +84,7 @@ def test_streaming_equals_offline(make_engine, offline, right_context, encoder):
     mel_frames = live_steps_for(engine, len(audio))
     n_out = expected_out_frames(engine, mel_frames)
     wait_until(lambda: tap.frames(stream.id) == n_out, what="live steps")
-    wait_until(lambda: stream._state.mel_pos == mel_frames, what="commit")
+    wait_steps(engine, stream, mel_frames, "commit")
 
     streamed = tap.joined(stream.id)
     reference = offline.encode(audio, right_context)
@@ -164,7 +164,7 @@ def test_speculative_final_discarded_when_speech_resumes(make_engine, offline):
     push_in_pieces(stream, more)
     both = np.concatenate([first, more])
     mel_frames = live_steps_for(engine, len(both))
-    wait_until(lambda: stream._state.mel_pos == mel_frames, what="live steps")
+    wait_steps(engine, stream, mel_frames)
     n_out = expected_out_frames(engine, mel_frames)
     assert stream._state.text.text == offline.transcript(both, 1, frames=n_out)
     final = stream.finalize_sync(timeout=30)
@@ -266,7 +266,7 @@ def test_final_of_a_stream_behind_waits_for_the_live_steps_and_stays_exact(make_
     # The live stream then goes on over the audio pushed after the request.
     both = np.concatenate([audio, later])
     mel_frames = live_steps_for(engine, len(both))
-    wait_until(lambda: stream._state.mel_pos == mel_frames, what="live steps")
+    wait_steps(engine, stream, mel_frames)
     stream.close()
 
 

@@ -21,7 +21,7 @@ import torch
 from services.asr.engine.runner import FIRST, LATER, SECOND, ModelRunner
 from services.asr.engine.slots import SlotPool
 
-from .conftest import babble, live_steps_for, wait_until
+from .conftest import babble, live_steps_for, wait_steps
 
 
 class EagerReplayFake:
@@ -189,7 +189,7 @@ def test_finals_inside_the_graphed_live_calls_equal_offline(
         stream.push_audio(audio[: len(audio) // 2])
     for stream, audio in zip(streams[:2], audios[:2], strict=True):
         n = live_steps_for(engine, len(audio) // 2)
-        wait_until(lambda s=stream, n=n: s._state.mel_pos == n, what="live steps")
+        wait_steps(engine, stream, n)
     # Enough for one more live step and a final of two sub-steps; the fresh final has two
     # too (a first and a later step), and its stream's live first step is ready.
     extra = (runner.chunk + 6) * hop

@@ -62,6 +62,11 @@ class EngineConfig:
             own on private copies; 0 runs every final that way (the reference path). None:
             on CUDA ``max_streams // 16`` clamped to 8..256, on CPU 4 (few streams, and a row
             of the full-size model holds ~15 MB of fp32 caches).
+        plan_ahead: plan the next tick's live steps (readiness, audio windows) right after the
+            current tick's encoder calls are queued, so on a GPU that host work overlaps the
+            device step; rows whose state changes meanwhile are planned again, rows ready only
+            later join at the next plan. It overlaps only the rows already ready then (a
+            backlog), so it is off by default; on a CPU nothing overlaps at all.
     """
 
     model: str = DEFAULT_MODEL
@@ -79,6 +84,7 @@ class EngineConfig:
     max_backlog_s: float = 10.0
     batch_window_ms: float | None = None
     final_rows: int | None = None
+    plan_ahead: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -98,7 +104,7 @@ class EngineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise _invalid(name, value, "an integer >= 1")
-        for name in ("cuda_graphs", "warmup", "freeze_gc"):
+        for name in ("cuda_graphs", "warmup", "freeze_gc", "plan_ahead"):
             if not isinstance(getattr(self, name), bool):
                 raise _invalid(name, getattr(self, name), (True, False))
         backlog = self.max_backlog_s

@@ -240,6 +240,10 @@ class ASREngine:
         # Chunk latency: a step's audio complete (pushed) -> its result committed.
         self._chunk_ms: collections.deque[float] = collections.deque(maxlen=4096)
         self._stopping = False
+        # Live steps of the next tick planned while the device runs this one (plan_ahead).
+        self._plan_ahead = self.config.plan_ahead
+        self._ahead = None
+        self._ahead_parity = 0
         # Test/benchmark hook: called on the scheduler thread as
         # tap(stream_id, "live" | "final", encoded [d_model, T] tensor) for every encoder output.
         self._encoder_tap: Callable[[str, str, torch.Tensor], None] | None = None
@@ -514,8 +518,9 @@ class ASREngine:
         while self._controls:
             state = self._controls.popleft()
             controls.setdefault(id(state), state)
+        ahead, self._ahead = self._ahead, None
         plan = self._scheduler.plan(
-            table, controls.values(), self._deferring, self._tick, self._pool.acquire
+            table, controls.values(), self._deferring, self._tick, self._pool.acquire, ahead
         )
         if plan.empty:
             return 0
@@ -635,7 +640,8 @@ class ASREngine:
             remaining[call.kind] -= 1
             mel_parts = []
             if call.live is not None:
-                mel_parts.append(features.compute(call.live.windows, call.live.n_frames))
+                n = call.live.n_frames
+                mel_parts += [features.compute(part, n) for part in call.live.windows]
             keep_all = False
             for group, j in call.finals:
                 start = sum(n for _, n in group.substeps[:j])
@@ -664,6 +670,15 @@ class ASREngine:
                 enc, lens = self._cut(call.kind, enc, lens, last)
                 group.outs.append((keep(enc), keep(lens)) if keep else (enc, lens))
                 first += size
+
+        # The positions advance now (the steps are queued, whatever their results), so the next
+        # tick's live steps can be planned while the device runs this one.
+        self._advance(plan)
+        if self._plan_ahead:
+            self._ahead_parity ^= 1
+            self._ahead = self._scheduler.plan_ahead(
+                self._table, self._pool.acquire, self._ahead_parity
+            )
 
         # 3. One greedy decode for every row: live rows, then shared finals, then private ones.
         live_enc = [live_out[id(group)] for group in plan.live]
@@ -771,6 +786,23 @@ class ASREngine:
             for row, work in enumerate(works):
                 self._encoder_tap(work.stream.id, "final", enc[row, :, : int(lens[row])])
 
+    def _advance(self, plan: TickPlan) -> None:
+        """Move the live rows' positions past this tick's steps (scheduler thread).
+
+        The steps advanced the model state in the slots whatever the caller did since: the
+        scheduler-side position must follow it even after a reset() (applied at the next
+        plan), or a final queued before that reset would be planned from the old position on
+        caches one step ahead. Closed rows are cleared before reuse.
+        """
+        table, chunk = self._table, self._runner.chunk
+        samples_needed = self._runner.features.samples_needed
+        for group in plan.live:
+            rows = group.rows
+            new_pos = group.start + group.n_frames
+            table.mel_pos[rows] = new_pos
+            table.last_served[rows] = plan.tick
+            table.next_needed[rows] = samples_needed(new_pos + chunk)
+
     def _commit(self, plan: TickPlan, live: Decoded, final: Decoded):
         """Apply a tick's results to the streams; return what to deliver (scheduler thread).
 
@@ -778,8 +810,7 @@ class ASREngine:
         new tokens (text, word times, a partial) and finals get Python work.
         """
         now = time.perf_counter()
-        table, hop, chunk = self._table, self._hop, self._runner.chunk
-        features = self._runner.features
+        table, hop = self._table, self._hop
         finals = []
         events = []
         chunk_ms: list[np.ndarray] = []
@@ -807,14 +838,7 @@ class ASREngine:
         offset = 0
         for group in plan.live:
             rows = group.rows
-            # The step has advanced the model state in the slot whatever the caller did since:
-            # the scheduler-side position must follow it even after a reset() (applied at the
-            # next plan), or a final queued before that reset would be planned from the old
-            # position on caches one step ahead. Closed rows are cleared before reuse.
-            new_pos = group.start + group.n_frames
-            table.mel_pos[rows] = new_pos
-            table.last_served[rows] = plan.tick
-            table.next_needed[rows] = features.samples_needed(new_pos + chunk)
+            new_pos = group.start + group.n_frames  # positions moved in _advance
             # A reset meanwhile: no partial or latency for an utterance the caller ended.
             current = table.open[rows] & (table.generation[rows] == group.generation)
             arrived = table.arrival_times(rows, group.audio_needed)

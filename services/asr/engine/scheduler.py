@@ -38,12 +38,27 @@ class LiveGroup:
     slots: np.ndarray  # [B] slot pool rows
     start: np.ndarray  # [B] first mel frame of the step
     n_frames: int
-    windows: torch.Tensor  # [B, window_length(n_frames)] samples for the mel frames (CPU)
+    # Samples for the mel frames (CPU): [b_i, window_length(n_frames)] parts, B rows in all
+    # (rows planned ahead, then rows that became ready since).
+    windows: list[torch.Tensor]
     generation: np.ndarray  # [B] stream generation the step was planned at
     audio_needed: np.ndarray  # [B] utterance samples the step needed (for chunk latency)
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+@dataclasses.dataclass
+class PlannedAhead:
+    """Live steps planned while the device ran the tick before, their windows gathered.
+
+    ``plan`` keeps a row of it only if the row is still ready at the same position of the same
+    utterance of the same stream (``base`` and ``opened`` as they were); the rest is planned anew.
+    """
+
+    groups: dict[str, LiveGroup]
+    base: dict[str, np.ndarray]
+    opened: dict[str, np.ndarray]
 
 
 @dataclasses.dataclass
@@ -126,6 +141,7 @@ class Scheduler:
         deferring: set[StreamState],
         tick: int,
         acquire_slot: Callable[[], int],
+        ahead: PlannedAhead | None = None,
     ) -> TickPlan:
         """Apply what callers queued, then build the work of one tick (scheduler thread).
 
@@ -135,6 +151,8 @@ class Scheduler:
             deferring: streams holding deferred finals; updated here.
             tick: this tick's number (round-robin fairness).
             acquire_slot: hands out a slot pool row for a stream's first step.
+            ahead: live steps planned during the tick before (``plan_ahead``): their gathered
+                windows are used for the rows still planned the same way.
 
         Queued finalize requests and resets are applied in call order, each at the stream
         position it was made at, so a final covers exactly the audio pushed before its
@@ -182,7 +200,35 @@ class Scheduler:
             else:
                 table.limit[row] = first.n_samples
 
-        # Readiness of every row at once.
+        groups = self._live_groups(table, written, acquire_slot, "", ahead)
+        return TickPlan(tick=tick, live=groups, finals=finals)
+
+    def plan_ahead(
+        self, table: StreamTable, acquire_slot: Callable[[], int], parity: int
+    ) -> PlannedAhead:
+        """The live steps the next tick would run as of now, windows gathered (scheduler thread).
+
+        Called while the device runs a tick, after its positions advanced: the gather, the
+        bulk of a tick's host work, then overlaps the device step. ``parity`` alternates the
+        buffers, so the windows of the tick in flight are not overwritten before their copy.
+        """
+        groups = self._live_groups(table, table.written.copy(), acquire_slot, f"ahead{parity}")
+        by_kind = {group.kind: group for group in groups}
+        return PlannedAhead(
+            groups=by_kind,
+            base={kind: table.base[g.rows] for kind, g in by_kind.items()},
+            opened={kind: table.opened[g.rows] for kind, g in by_kind.items()},
+        )
+
+    def _live_groups(
+        self,
+        table: StreamTable,
+        written: np.ndarray,
+        acquire_slot: Callable[[], int],
+        buffer: str,
+        ahead: PlannedAhead | None = None,
+    ) -> list[LiveGroup]:
+        """The ready rows' live steps, one group per step kind (array work over every row)."""
         need = table.next_needed
         ready = table.open & (written - table.base >= need) & (table.limit >= need)
         rows = np.flatnonzero(ready)
@@ -201,8 +247,23 @@ class Scheduler:
             if not len(members):
                 continue
             n = self.chunk_first if kind == FIRST else self.chunk
-            start = mel[mask]
-            lo, hi = self.features.window(start, start + n)
+            width = self.features.window_length(n)
+            windows: list[torch.Tensor] = []
+            kept = _still_planned(table, members, kind, ahead)
+            if kept is not None:
+                kept_rows, kept_windows = kept
+                windows.append(kept_windows)
+                members = np.concatenate(
+                    [kept_rows, members[~np.isin(members, kept_rows, assume_unique=True)]]
+                )
+                late = members[len(kept_rows) :]
+            else:
+                late = members
+            start = table.mel_pos[members]
+            if len(late):
+                lo, _ = self.features.window(start[len(members) - len(late) :], 0)
+                windows.append(table.gather(late, lo, width, buffer + kind))
+            _, hi = self.features.window(start, start + n)
             groups.append(
                 LiveGroup(
                     kind=kind,
@@ -210,12 +271,12 @@ class Scheduler:
                     slots=table.slot[members],
                     start=start,
                     n_frames=n,
-                    windows=table.gather(members, lo, self.features.window_length(n), kind),
+                    windows=windows,
                     generation=table.generation[members],
                     audio_needed=hi,
                 )
             )
-        return TickPlan(tick=tick, live=groups, finals=finals)
+        return groups
 
     def _behind(self, stream: StreamState, n_samples: int) -> bool:
         """Whether a final over ``n_samples`` would redo more than two steps of live work.
@@ -263,3 +324,29 @@ class Scheduler:
             text=stream.text.snapshot(),
             tokens=stream.tokens.snapshot(),
         )
+
+
+def _still_planned(
+    table: StreamTable, members: np.ndarray, kind: str, ahead: PlannedAhead | None
+) -> tuple[np.ndarray, torch.Tensor] | None:
+    """Rows of ``ahead``'s ``kind`` group that ``members`` still steps the same way, windows.
+
+    A row planned ahead is kept if it is still ready, at the same position, in the same
+    utterance (``base``) of the same stream (``opened``): its window holds the same samples.
+    """
+    group = ahead.groups.get(kind) if ahead is not None else None
+    if group is None:
+        return None
+    rows = group.rows
+    valid = (
+        np.isin(rows, members, assume_unique=True)
+        & (table.mel_pos[rows] == group.start)
+        & (table.base[rows] == ahead.base[kind])
+        & (table.opened[rows] == ahead.opened[kind])
+    )
+    if valid.all():
+        return rows, group.windows[0]
+    if not valid.any():
+        return None
+    keep = np.flatnonzero(valid)
+    return rows[keep], group.windows[0][torch.from_numpy(keep)]

@@ -66,6 +66,7 @@ class StreamTable:
         self.written = np.zeros(capacity, np.int64)  # samples pushed since the stream opened
         self.generation = np.zeros(capacity, np.int64)  # bumped by reset()
         self.open = np.zeros(capacity, bool)  # cleared by close()
+        self.opened = np.zeros(capacity, np.int64)  # streams the row has held (tells them apart)
         self.arrival_pos = np.zeros((capacity, ARRIVALS), np.int64)  # written after each push
         self.arrival_t = np.zeros((capacity, ARRIVALS), np.float64)
         self.arrivals = np.zeros(capacity, np.int64)  # pushes recorded
@@ -85,6 +86,7 @@ class StreamTable:
     def take_row(self) -> int:
         """A cleared row for a new stream (the caller holds the engine's registry lock)."""
         row = self._free.pop()
+        self.opened[row] += 1
         self.open[row] = True
         return row
 
