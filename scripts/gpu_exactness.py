@@ -100,6 +100,9 @@ def main() -> int:
     }
     if device.type == "cuda":
         variants["fast-bf16-graphs"] = dict(encoder="fast", dtype="bf16", cuda_graphs=True)
+        variants["fast-bf16-graphs-plan-ahead"] = dict(
+            encoder="fast", dtype="bf16", cuda_graphs=True, plan_ahead=True
+        )
     results = {}
     for name, overrides in variants.items():
         started = time.perf_counter()
@@ -112,6 +115,7 @@ def main() -> int:
         "fast-bf16": "fast",
         "fast-bf16-own-finals": "fast-bf16",
         "fast-bf16-graphs": "fast-bf16",
+        "fast-bf16-graphs-plan-ahead": "fast-bf16-graphs",
     }
     report = {
         "args": vars(args),

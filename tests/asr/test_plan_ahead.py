@@ -34,7 +34,7 @@ def test_a_row_planned_ahead_is_planned_again_when_its_stream_resets_meanwhile(
     with engine._tick_lock, torch.inference_mode():
         b.push_audio(other[: runner.features.samples_needed(runner.chunk_first)])
         assert engine._tick_once() == 1  # b's first step; a's is planned ahead
-        assert a._state.row in engine._ahead.groups[FIRST].rows
+        assert a._state.row in engine._ahead.parts[FIRST][0].group.rows
         # The caller drops a's utterance before that plan is used: same row, same position
         # (a first step), but a new utterance whose audio starts elsewhere in the ring.
         a.reset()
@@ -78,6 +78,64 @@ def test_rows_planned_ahead_are_used_and_late_rows_join_them(make_engine, offlin
         assert sizes == [[2, 1]]
         for s, audio in zip(streams, audios, strict=True):
             s.push_audio(audio[first + step :])
+        while engine._tick_once():
+            pass
+    for s, audio in zip(streams, audios, strict=True):
+        assert s.finalize_sync(30).text == offline.transcript(padded(engine, audio), 1)
+
+
+def test_rows_ready_while_the_device_runs_are_gathered_as_more_parts(make_engine, offline):
+    """The plan ahead keeps looking until the device is done; each look adds the new rows.
+
+    The device's "done" check is a FAKE (CPU steps are done when they return): it reports the
+    device busy twice, and a stream's next chunk arrives at each of those looks.
+    """
+    engine = make_engine(chunk_ms=160, plan_ahead=True, max_streams=3)
+    runner = engine._runner
+    audios = [babble(1.2, 90 + i) for i in range(3)]
+    streams = [engine.open_stream() for _ in audios]
+    step = runner.chunk * runner.features.hop
+    first = runner.features.samples_needed(runner.chunk_first)
+    arrivals = [1, 2]  # streams whose chunk arrives while the device is "busy"
+
+    def device_done():
+        def done() -> bool:
+            if not arrivals:
+                return True
+            i = arrivals.pop(0)
+            streams[i].push_audio(audios[i][first : first + step])
+            return False
+
+        return done
+
+    sizes = []
+    original = runner.encode
+
+    def encode(kind, new_mel, caches, rows=None, keep_all=False):
+        parts = new_mel if isinstance(new_mel, list) else [new_mel]
+        sizes.append([part.shape[0] for part in parts])
+        return original(kind, new_mel, caches, rows, keep_all)
+
+    with engine._tick_lock, torch.inference_mode():
+        for s, audio in zip(streams, audios, strict=True):
+            s.push_audio(audio[:first])
+        assert engine._tick_once() == 3  # three first steps
+        streams[0].push_audio(audios[0][first : first + step])
+        runner.device_done = device_done
+        runner.encode = encode
+        assert engine._tick_once() == 1  # stream 0's step; 1 and 2 arrive while it runs
+        assert not arrivals
+        parts = engine._ahead.parts["later"]
+        assert [p.group.rows.tolist() for p in parts] == [
+            [streams[1]._state.row],
+            [streams[2]._state.row],
+        ]
+        sizes.clear()
+        assert engine._tick_once() == 2
+        assert sizes == [[1, 1]]  # one call, both parts gathered ahead
+        pushed = [first + step] * 3
+        for s, audio, n in zip(streams, audios, pushed, strict=True):
+            s.push_audio(audio[n:])
         while engine._tick_once():
             pass
     for s, audio in zip(streams, audios, strict=True):

@@ -62,11 +62,11 @@ class EngineConfig:
             own on private copies; 0 runs every final that way (the reference path). None:
             on CUDA ``max_streams // 16`` clamped to 8..256, on CPU 4 (few streams, and a row
             of the full-size model holds ~15 MB of fp32 caches).
-        plan_ahead: plan the next tick's live steps (readiness, audio windows) right after the
-            current tick's encoder calls are queued, so on a GPU that host work overlaps the
-            device step; rows whose state changes meanwhile are planned again, rows ready only
-            later join at the next plan. It overlaps only the rows already ready then (a
-            backlog), so it is off by default; on a CPU nothing overlaps at all.
+        plan_ahead: plan the next tick's live steps (readiness, audio windows) while the
+            device runs the current tick's encoder calls, looking again for rows that became
+            ready until the device is done, so on a GPU that host work overlaps the device
+            step; rows whose state changes meanwhile are planned again. Off by default until a
+            GPU run has checked it (``scripts/gpu_exactness.py``); on a CPU nothing overlaps.
     """
 
     model: str = DEFAULT_MODEL

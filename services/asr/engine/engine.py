@@ -675,10 +675,7 @@ class ASREngine:
         # tick's live steps can be planned while the device runs this one.
         self._advance(plan)
         if self._plan_ahead:
-            self._ahead_parity ^= 1
-            self._ahead = self._scheduler.plan_ahead(
-                self._table, self._pool.acquire, self._ahead_parity
-            )
+            self._plan_next(runner.device_done())
 
         # 3. One greedy decode for every row: live rows, then shared finals, then private ones.
         live_enc = [live_out[id(group)] for group in plan.live]
@@ -786,6 +783,21 @@ class ASREngine:
             for row, work in enumerate(works):
                 self._encoder_tap(work.stream.id, "final", enc[row, :, : int(lens[row])])
 
+    def _plan_next(self, device_done: Callable[[], bool]) -> None:
+        """Plan the next tick's live steps until the device has run this tick's encoder calls.
+
+        Rows become ready while the device runs (callers push audio meanwhile): each look
+        gathers the new ones as one more part, up to ``_AHEAD_PARTS`` parts; the scheduler
+        thread sleeps between looks so the callers' threads get the interpreter.
+        """
+        self._ahead_parity ^= 1
+        scheduler, table, acquire = self._scheduler, self._table, self._pool.acquire
+        ahead = scheduler.plan_ahead(table, acquire, self._ahead_parity)
+        while ahead.n_parts < _AHEAD_PARTS and not device_done():
+            time.sleep(_AHEAD_LOOK_S)
+            ahead = scheduler.plan_ahead(table, acquire, self._ahead_parity, ahead)
+        self._ahead = ahead
+
     def _advance(self, plan: TickPlan) -> None:
         """Move the live rows' positions past this tick's steps (scheduler thread).
 
@@ -882,6 +894,9 @@ class ASREngine:
 
 
 _KINDS = (FIRST, SECOND, LATER)  # the order of a wave's calls
+# Planning ahead: most looks per device step that gather rows, and the pause between looks.
+_AHEAD_PARTS = 4
+_AHEAD_LOOK_S = 0.002
 
 
 @dataclasses.dataclass

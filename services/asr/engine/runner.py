@@ -360,6 +360,17 @@ class ModelRunner:
             enc, enc_len = enc[:, :, : self.out_per_step], enc_len.clamp(max=self.out_per_step)
         return EncoderOut(enc, enc_len)
 
+    def device_done(self) -> Callable[[], bool]:
+        """A check of whether the device has run everything queued so far (a CUDA event).
+
+        On CPU every call has run when it returns: always True.
+        """
+        if not self.use_cuda:
+            return lambda: True
+        event = torch.cuda.Event()
+        event.record()
+        return event.query
+
     # ---- decoder ----
 
     def _to_nemo_state(self, state: list[torch.Tensor]):

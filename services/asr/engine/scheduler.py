@@ -49,16 +49,33 @@ class LiveGroup:
 
 
 @dataclasses.dataclass
+class AheadPart:
+    """Live steps of one kind planned ahead in one go: the rows, their windows gathered."""
+
+    group: LiveGroup  # one window part
+    base: np.ndarray  # [B] utterance starts then
+    opened: np.ndarray  # [B] the rows' stream counts then
+
+
+@dataclasses.dataclass
 class PlannedAhead:
-    """Live steps planned while the device ran the tick before, their windows gathered.
+    """Live steps planned while the device ran the tick before, in parts as rows became ready.
 
     ``plan`` keeps a row of it only if the row is still ready at the same position of the same
     utterance of the same stream (``base`` and ``opened`` as they were); the rest is planned anew.
     """
 
-    groups: dict[str, LiveGroup]
-    base: dict[str, np.ndarray]
-    opened: dict[str, np.ndarray]
+    parts: dict[str, list[AheadPart]]
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Every row planned ahead."""
+        rows = [part.group.rows for parts in self.parts.values() for part in parts]
+        return np.concatenate(rows) if rows else np.zeros(0, np.int64)
+
+    @property
+    def n_parts(self) -> int:
+        return max((len(parts) for parts in self.parts.values()), default=0)
 
 
 @dataclasses.dataclass
@@ -204,21 +221,28 @@ class Scheduler:
         return TickPlan(tick=tick, live=groups, finals=finals)
 
     def plan_ahead(
-        self, table: StreamTable, acquire_slot: Callable[[], int], parity: int
+        self,
+        table: StreamTable,
+        acquire_slot: Callable[[], int],
+        parity: int,
+        previous: PlannedAhead | None = None,
     ) -> PlannedAhead:
         """The live steps the next tick would run as of now, windows gathered (scheduler thread).
 
-        Called while the device runs a tick, after its positions advanced: the gather, the
-        bulk of a tick's host work, then overlaps the device step. ``parity`` alternates the
-        buffers, so the windows of the tick in flight are not overwritten before their copy.
+        Called while the device runs a tick, after its positions advanced, and again as more
+        rows become ready: each call gathers only the rows ``previous`` does not hold, as one
+        more part. The gather, the bulk of a tick's host work, then overlaps the device step.
+        ``parity`` alternates the buffers, so the windows of the tick in flight are not
+        overwritten before their copy to the device.
         """
-        groups = self._live_groups(table, table.written.copy(), acquire_slot, f"ahead{parity}")
-        by_kind = {group.kind: group for group in groups}
-        return PlannedAhead(
-            groups=by_kind,
-            base={kind: table.base[g.rows] for kind, g in by_kind.items()},
-            opened={kind: table.opened[g.rows] for kind, g in by_kind.items()},
-        )
+        parts = {kind: list(p) for kind, p in previous.parts.items()} if previous else {}
+        planned = previous.rows if previous is not None else None
+        key = f"ahead{parity}.{previous.n_parts if previous else 0}"
+        written = table.written.copy()
+        for group in self._live_groups(table, written, acquire_slot, key, exclude=planned):
+            part = AheadPart(group, table.base[group.rows], table.opened[group.rows])
+            parts.setdefault(group.kind, []).append(part)
+        return PlannedAhead(parts)
 
     def _live_groups(
         self,
@@ -227,14 +251,22 @@ class Scheduler:
         acquire_slot: Callable[[], int],
         buffer: str,
         ahead: PlannedAhead | None = None,
+        exclude: np.ndarray | None = None,
     ) -> list[LiveGroup]:
-        """The ready rows' live steps, one group per step kind (array work over every row)."""
+        """The ready rows' live steps, one group per step kind (array work over every row).
+
+        ``exclude``: rows already planned ahead (they count against ``max_batch``).
+        """
         need = table.next_needed
         ready = table.open & (written - table.base >= need) & (table.limit >= need)
+        room = self.max_batch
+        if exclude is not None and len(exclude):
+            ready[exclude] = False
+            room -= len(exclude)
         rows = np.flatnonzero(ready)
-        if len(rows) > self.max_batch:  # round robin under overload: longest unserved first
+        if len(rows) > room:  # round robin under overload: longest unserved first
             order = np.argsort(table.last_served[rows], kind="stable")
-            rows = np.sort(rows[order[: self.max_batch]])
+            rows = np.sort(rows[order[: max(room, 0)]])
         new = rows[table.slot[rows] < 0]
         for row in new.tolist():  # streams starting: slots on first use
             table.slot[row] = acquire_slot()
@@ -249,14 +281,14 @@ class Scheduler:
             n = self.chunk_first if kind == FIRST else self.chunk
             width = self.features.window_length(n)
             windows: list[torch.Tensor] = []
-            kept = _still_planned(table, members, kind, ahead)
-            if kept is not None:
-                kept_rows, kept_windows = kept
-                windows.append(kept_windows)
-                members = np.concatenate(
-                    [kept_rows, members[~np.isin(members, kept_rows, assume_unique=True)]]
-                )
-                late = members[len(kept_rows) :]
+            kept_rows = []
+            for rows_kept, windows_kept in _still_planned(table, members, kind, ahead):
+                kept_rows.append(rows_kept)
+                windows.append(windows_kept)
+            if kept_rows:
+                kept_all = np.concatenate(kept_rows)
+                late = members[~np.isin(members, kept_all, assume_unique=True)]
+                members = np.concatenate([kept_all, late])
             else:
                 late = members
             start = table.mel_pos[members]
@@ -328,25 +360,25 @@ class Scheduler:
 
 def _still_planned(
     table: StreamTable, members: np.ndarray, kind: str, ahead: PlannedAhead | None
-) -> tuple[np.ndarray, torch.Tensor] | None:
-    """Rows of ``ahead``'s ``kind`` group that ``members`` still steps the same way, windows.
+) -> list[tuple[np.ndarray, torch.Tensor]]:
+    """Rows of ``ahead``'s ``kind`` parts that ``members`` still steps the same way, windows.
 
     A row planned ahead is kept if it is still ready, at the same position, in the same
     utterance (``base``) of the same stream (``opened``): its window holds the same samples.
     """
-    group = ahead.groups.get(kind) if ahead is not None else None
-    if group is None:
-        return None
-    rows = group.rows
-    valid = (
-        np.isin(rows, members, assume_unique=True)
-        & (table.mel_pos[rows] == group.start)
-        & (table.base[rows] == ahead.base[kind])
-        & (table.opened[rows] == ahead.opened[kind])
-    )
-    if valid.all():
-        return rows, group.windows[0]
-    if not valid.any():
-        return None
-    keep = np.flatnonzero(valid)
-    return rows[keep], group.windows[0][torch.from_numpy(keep)]
+    kept = []
+    for part in ahead.parts.get(kind, []) if ahead is not None else []:
+        rows = part.group.rows
+        valid = (
+            np.isin(rows, members, assume_unique=True)
+            & (table.mel_pos[rows] == part.group.start)
+            & (table.base[rows] == part.base)
+            & (table.opened[rows] == part.opened)
+        )
+        windows = part.group.windows[0]
+        if valid.all():
+            kept.append((rows, windows))
+        elif valid.any():
+            keep = np.flatnonzero(valid)
+            kept.append((rows[keep], windows[torch.from_numpy(keep)]))
+    return kept
