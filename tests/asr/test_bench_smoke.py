@@ -10,10 +10,16 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_asr.py"
 
 
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` as a module (scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_bench_asr_smoke(tmp_path, monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("bench_asr", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_asr")
     argv = ["bench_asr.py", "--arch", "tiny", "--device", "cpu", "--batches", "1,4"]
     argv += ["--streams", "2", "--seconds", "1", "--repeats", "1", "--out", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", argv)
@@ -35,10 +41,7 @@ def test_bench_asr_smoke(tmp_path, monkeypatch, capsys):
 
 
 def test_bench_engine_cpu_smoke(tmp_path, monkeypatch, capsys):
-    script = SCRIPT.parent / "bench_engine_cpu.py"
-    spec = importlib.util.spec_from_file_location("bench_engine_cpu", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_engine_cpu")
     argv = ["bench_engine_cpu.py", "--batches", "4,16", "--ticks", "2", "--fake-step-ms", "5"]
     monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path)])
     assert bench.main() == 0
@@ -52,10 +55,7 @@ def test_bench_engine_cpu_smoke(tmp_path, monkeypatch, capsys):
 
 def test_bench_finals_smoke(tmp_path, monkeypatch, capsys):
     """Finals inside the live calls save the calls of their own, tiny model, short form."""
-    script = SCRIPT.parent / "bench_finals.py"
-    spec = importlib.util.spec_from_file_location("bench_finals", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_finals")
     argv = ["bench_finals.py", "--arch", "tiny", "--batch", "4", "--finals", "2"]
     monkeypatch.setattr(
         sys, "argv", [*argv, "--seconds", "4", "--repeats", "2", "--out", str(tmp_path)]
@@ -72,10 +72,7 @@ def test_bench_finals_smoke(tmp_path, monkeypatch, capsys):
 
 def test_gpu_exactness_dry_run_on_cpu(tmp_path, monkeypatch, capsys):
     """The GPU check's output comparison, on CPU (no graphs here): the fast step matches NeMo's."""
-    script = SCRIPT.parent / "gpu_exactness.py"
-    spec = importlib.util.spec_from_file_location("gpu_exactness", script)
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = load_script("gpu_exactness")
     argv = ["gpu_exactness.py", "--arch", "tiny", "--device", "cpu", "--streams", "5"]
     monkeypatch.setattr(sys, "argv", [*argv, "--seconds", "2", "--out", str(tmp_path)])
     assert check.main() == 0

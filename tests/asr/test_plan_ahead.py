@@ -15,6 +15,20 @@ from .conftest import babble
 from .test_concurrency import padded
 
 
+def record_call_parts(runner) -> list[list[int]]:
+    """Wrap ``runner.encode``: the rows of each window part of every call, in call order."""
+    sizes: list[list[int]] = []
+    original = runner.encode
+
+    def encode(kind, new_mel, caches, rows=None, keep_all=False):
+        parts = new_mel if isinstance(new_mel, list) else [new_mel]
+        sizes.append([part.shape[0] for part in parts])
+        return original(kind, new_mel, caches, rows, keep_all)
+
+    runner.encode = encode
+    return sizes
+
+
 def test_a_row_planned_ahead_is_planned_again_when_its_stream_resets_meanwhile(
     make_engine, offline
 ):
@@ -54,15 +68,7 @@ def test_rows_planned_ahead_are_used_and_late_rows_join_them(make_engine, offlin
     streams = [engine.open_stream() for _ in audios]
     step = runner.chunk * runner.features.hop
     first = runner.features.samples_needed(runner.chunk_first)
-    sizes = []
-    original = runner.encode
-
-    def encode(kind, new_mel, caches, rows=None, keep_all=False):
-        parts = new_mel if isinstance(new_mel, list) else [new_mel]
-        sizes.append([part.shape[0] for part in parts])
-        return original(kind, new_mel, caches, rows, keep_all)
-
-    runner.encode = encode
+    sizes = record_call_parts(runner)
     with engine._tick_lock, torch.inference_mode():
         for s, audio in zip(streams, audios, strict=True):
             s.push_audio(audio[:first])
@@ -108,21 +114,13 @@ def test_rows_ready_while_the_device_runs_are_gathered_as_more_parts(make_engine
 
         return done
 
-    sizes = []
-    original = runner.encode
-
-    def encode(kind, new_mel, caches, rows=None, keep_all=False):
-        parts = new_mel if isinstance(new_mel, list) else [new_mel]
-        sizes.append([part.shape[0] for part in parts])
-        return original(kind, new_mel, caches, rows, keep_all)
-
+    sizes = record_call_parts(runner)
     with engine._tick_lock, torch.inference_mode():
         for s, audio in zip(streams, audios, strict=True):
             s.push_audio(audio[:first])
         assert engine._tick_once() == 3  # three first steps
         streams[0].push_audio(audios[0][first : first + step])
         runner.device_done = device_done
-        runner.encode = encode
         assert engine._tick_once() == 1  # stream 0's step; 1 and 2 arrive while it runs
         assert not arrivals
         parts = engine._ahead.parts["later"]
