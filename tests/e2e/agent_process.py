@@ -19,7 +19,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.lifetime import set_parent_death_signal
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _die_with_this_process() -> None:
+    # In the child before exec: SIGTERM it when the test run or benchmark dies (a killed bench
+    # once left an agent and its llama.cpp server running).
+    set_parent_death_signal(signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -123,6 +131,7 @@ def start_agent(
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         # Its own process group, so stop() also reaches the LLM server it starts.
         start_new_session=True,
+        preexec_fn=_die_with_this_process,
     )
     agent = AgentProcess(f"http://127.0.0.1:{port}", process, log_path, command)
     deadline = time.monotonic() + ready_timeout

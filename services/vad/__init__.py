@@ -1,0 +1,1 @@
+"""Voice activity detection: Silero with the reports the STTs need."""
