@@ -24,7 +24,13 @@ The trade-off: a backchannel costs a pause, as long as the speech plus the VAD's
 STT's time to a transcript (segmented Whisper on two cores: ~1-1.5 s in all; a streaming STT's
 final comes ~0.1 s after the VAD stop). In exchange the bot never talks over the user for more
 than ~0.1 s, and a real interruption is committed ``backchannel_max_secs`` into the speech at
-the latest. Without a pausable output (phone calls) the bot talks on until that decision.
+the latest. Phone calls pause the same way (``agent/call_output.py``); with an output that
+cannot pause (Daily) the bot talks on until that decision.
+
+A turn can also end in a pause the user then talks through: Smart Turn judged the first half
+complete, and its answer starts while the user goes on. Voiced input when the bot starts
+speaking holds the answer at once, and when the VAD confirms that speech it starts the user's
+turn without the backchannel wait: nobody backchannels an answer they have not heard yet.
 
 Where the user cut in, the context is made to match what was sent to them. The TTS here gives
 no word timestamps (with a TTS that does, Pipecat's own word-timed frames already stop at the
@@ -90,10 +96,10 @@ FALSE_ALARM_MARGIN_SECS = 0.35
 # After such a false alarm, this much quiet before sound can hold the bot again: steady noise
 # pauses it once, not on every frame.
 REARM_QUIET_SECS = 0.3
-# Speech this soon after the user's turn ended, before the bot's answer is heard, holds that
-# answer as speech over the bot does: the user paused mid-sentence and goes on (the turn ended
-# in the pause), and the answer to half a sentence must not start over the rest of it.
-RESUME_HOLD_SECS = 1.0
+# Voiced input this recent when the bot starts speaking: the user is talking already (their
+# turn ended in a pause and they went on). The answer is held at once, and when the VAD
+# confirms the speech it is the user's turn, not a barge-in a backchannel could be.
+SPEAKING_AT_BOT_START_SECS = 0.1
 # A segmented STT that finds no words sends nothing: give up waiting for a transcript after
 # this when the STT does not say its p99 (STTMetadataFrame).
 DEFAULT_TRANSCRIPT_WAIT_SECS = 2.5
@@ -230,7 +236,8 @@ class BargeInUserTurnStartStrategy(BaseUserTurnStartStrategy):
         self._vad_start_secs = 0.2
         self._transcript_wait = DEFAULT_TRANSCRIPT_WAIT_SECS
         self._quiet_needed = 0.0
-        self._turn_stopped_at: float | None = None
+        self._last_voiced_at: float | None = None
+        self._spoke_first = False  # the held speech began before the bot's answer
         self._timer: asyncio.Task | None = None
 
     @property
@@ -242,12 +249,12 @@ class BargeInUserTurnStartStrategy(BaseUserTurnStartStrategy):
         """A turn started (here or elsewhere): its interruption flushes what was held."""
         self._in_user_turn = True
         self._held_since = None
+        self._spoke_first = False
         await self._cancel_timer()
 
     async def handle_user_turn_stopped(self):
-        """The turn ended: the next speech over the bot (or just before it) is a barge-in."""
+        """The turn ended: the next speech over the bot is a barge-in again."""
         self._in_user_turn = False
-        self._turn_stopped_at = time.time()
 
     async def cleanup(self):
         """Stop a pending decision."""
@@ -258,7 +265,7 @@ class BargeInUserTurnStartStrategy(BaseUserTurnStartStrategy):
         """Follow the bot's speech and the user's, and start the turn when it is one."""
         if isinstance(frame, BotStartedSpeakingFrame):
             self._bot_speaking = True
-            self._turn_stopped_at = None  # the answer started: the bot-speaking rule applies
+            await self._handle_bot_started()
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._bot_speaking = False
             if self.holding:
@@ -289,16 +296,21 @@ class BargeInUserTurnStartStrategy(BaseUserTurnStartStrategy):
         if not voiced:
             self._quiet_needed = max(0.0, self._quiet_needed - len(samples) / frame.sample_rate)
             return
-        if self.holding or self._in_user_turn or self._quiet_needed:
-            return
-        if self._bot_speaking or self._answer_due():
+        self._last_voiced_at = time.time()
+        if self._bot_speaking and not (self.holding or self._in_user_turn or self._quiet_needed):
             await self._hold()
             self._start_timer(self._vad_start_secs + FALSE_ALARM_MARGIN_SECS, self._false_alarm)
 
-    def _answer_due(self) -> bool:
-        """Whether the bot's answer to the turn that just ended may start any moment."""
-        since = self._turn_stopped_at
-        return since is not None and time.time() - since <= RESUME_HOLD_SECS
+    async def _handle_bot_started(self) -> None:
+        # The turn ended in a pause and the user went on: the answer to the first half must
+        # not play over the rest (the VAD confirms their speech only ~0.36 s after it began).
+        voiced = self._last_voiced_at
+        if self.holding or self._in_user_turn or voiced is None:
+            return
+        if time.time() - voiced <= SPEAKING_AT_BOT_START_SECS:
+            await self._hold()
+            self._spoke_first = True
+            self._start_timer(self._vad_start_secs + FALSE_ALARM_MARGIN_SECS, self._false_alarm)
 
     async def _handle_vad_started(self, frame: VADUserStartedSpeakingFrame) -> ProcessFrameResult:
         self._vad_speaking = True
@@ -310,6 +322,9 @@ class BargeInUserTurnStartStrategy(BaseUserTurnStartStrategy):
             return ProcessFrameResult.STOP
         if not self.holding:
             await self._hold()  # speech too quiet for the onset rule: hold it now
+        if self._spoke_first:
+            await self._interrupt("the user was speaking when the answer started")
+            return ProcessFrameResult.STOP
         if not self._barge_in.backchannels:
             await self._interrupt("speech over the bot (no backchannels configured)")
             return ProcessFrameResult.STOP
@@ -339,6 +354,7 @@ class BargeInUserTurnStartStrategy(BaseUserTurnStartStrategy):
 
     async def _hold(self) -> None:
         self._held_since = time.time()
+        self._spoke_first = False
         output = self._barge_in.output
         if output is not None:
             output.pause()
@@ -346,6 +362,7 @@ class BargeInUserTurnStartStrategy(BaseUserTurnStartStrategy):
 
     async def _release(self, why: str) -> None:
         self._held_since = None
+        self._spoke_first = False
         await self._cancel_timer()
         output = self._barge_in.output
         if output is not None:

@@ -47,6 +47,9 @@ LONG_REPLY = (
     "There is a small cafe near the entrance where you can buy coffee and sandwiches. "
     "Tickets cost twelve dollars for adults and six dollars for children."
 )
+# From the caller's first word until the bot can have gone quiet on the line: the agent's
+# frame in (20 ms), the hold, and the chunk of bot audio already on its way out.
+TALK_OVER_GRACE_S = 0.25
 AFTER_BARGE_IN_REPLY = "Of course, I will stop there. The gift shop is next to the cafe."
 
 
@@ -271,6 +274,11 @@ async def test_caller_speaking_over_the_answer_gets_clear(
     cut_off_window = (clear_at + 0.5, next_asked_at) if clear_at else None
     after_clear = voiced_secs(call, *cut_off_window) if cut_off_window else None
     heard_second = hear(transcriber, call.audio(after=barge.speech_end_at))
+    # The call's output pauses at the caller's first voiced audio (agent/call_output.py): the
+    # bot is quiet on the line from then on, not only from the clear (0.8 s into the speech).
+    talked_over = (
+        voiced_secs(call, barge.speech_start_at + TALK_OVER_GRACE_S, clear_at) if clear_at else None
+    )
     report = {
         "provider": call.provider.name,
         "barge_in": barge_in.text,
@@ -281,6 +289,7 @@ async def test_caller_speaking_over_the_answer_gets_clear(
             voiced_secs(call, spoken.speech_end_at, barge.speech_start_at), 2
         ),
         "voiced_s_after_clear_until_next_llm_request": after_clear,
+        "voiced_s_over_the_caller_before_clear": talked_over,
         "window_s": None if not cut_off_window else round(cut_off_window[1] - cut_off_window[0], 2),
         "second_answer_heard": heard_second,
     }
@@ -293,6 +302,7 @@ async def test_caller_speaking_over_the_answer_gets_clear(
     # interruption it would go on for many more seconds).
     assert cut_off_window[1] - cut_off_window[0] >= 1.0, report
     assert after_clear <= 0.1, report
+    assert talked_over <= 0.1, report
     # The caller was heard, and answered.
     asked = user_texts(llm, barge.speech_start_at + WALL_OFFSET)
     assert asked and word_error_rate(barge_in.text, asked[-1]) <= 0.6, (asked, report)

@@ -99,3 +99,91 @@ def test_the_voiced_span_of_a_sentence_comes_from_its_audio():
     assert made.secs == pytest.approx(1.3)
     start, end = made.voiced
     assert start == pytest.approx(0.1, abs=0.011) and end == pytest.approx(1.1, abs=0.011)
+
+
+class FakeOutput:
+    """Fake (named as such) of the pausable output: the WebRTC track or the call's output,
+    which need a peer; it records what barge-in asked of it."""
+
+    added_secs = 0.0
+
+    def __init__(self):
+        self.paused = False
+        self.flushed = 0
+
+    def pause(self):
+        self.paused = True
+
+    def resume(self):
+        self.paused = False
+
+    def flush(self):
+        self.flushed += 1
+        self.paused = False
+        return 0.0
+
+
+async def _start_strategy():
+    import asyncio
+    from types import SimpleNamespace
+
+    from pipecat.utils.asyncio.task_manager import TaskManager
+
+    from pipelines.barge_in import BargeIn
+
+    output = FakeOutput()
+    barge_in = BargeIn()
+    barge_in.attach_output(lambda: output)
+    strategy = BargeInUserTurnStartStrategy(barge_in)
+    await strategy.setup(SimpleNamespace(task_manager=TaskManager(loop=asyncio.get_running_loop())))
+    started: list[str] = []
+    strategy.add_event_handler("on_user_turn_started", lambda *_: started.append("started"))
+    return strategy, output, started
+
+
+def _input(level: int):
+    from pipecat.frames.frames import InputAudioRawFrame
+
+    pcm = np.full(320, level, np.int16).tobytes()
+    return InputAudioRawFrame(audio=pcm, sample_rate=16000, num_channels=1)
+
+
+async def test_speech_going_on_when_the_answer_starts_holds_it_and_is_the_users_turn():
+    import time
+
+    from pipecat.frames.frames import BotStartedSpeakingFrame, VADUserStartedSpeakingFrame
+
+    strategy, output, started = await _start_strategy()
+    try:
+        # The user's turn ended in a pause; they go on, and the answer starts meanwhile.
+        await strategy.process_frame(_input(3000))
+        assert not strategy.holding and not started  # the bot is silent: nothing to hold
+        await strategy.process_frame(BotStartedSpeakingFrame())
+        assert strategy.holding and output.paused
+        # The VAD confirms the speech: the user's turn (no backchannel wait), at once.
+        await strategy.process_frame(
+            VADUserStartedSpeakingFrame(start_secs=0.2, timestamp=time.time())
+        )
+        assert started == ["started"]
+        assert strategy._barge_in.interruptions == 1
+    finally:
+        await strategy.cleanup()
+
+
+async def test_an_answer_that_starts_after_the_user_went_quiet_is_not_held():
+    import asyncio
+
+    from pipecat.frames.frames import BotStartedSpeakingFrame
+
+    strategy, output, started = await _start_strategy()
+    try:
+        await strategy.process_frame(_input(3000))
+        await strategy.process_frame(_input(0))
+        await asyncio.sleep(0.15)  # longer than SPEAKING_AT_BOT_START_SECS
+        await strategy.process_frame(BotStartedSpeakingFrame())
+        assert not strategy.holding and not output.paused and not started
+        # Speech over the bot still holds it at its first voiced 20 ms.
+        await strategy.process_frame(_input(3000))
+        assert strategy.holding and output.paused and not started
+    finally:
+        await strategy.cleanup()
