@@ -163,10 +163,12 @@ def segments_text(segments: list[Any], no_speech_prob: float | None) -> str:
 class _EarlySegment(bytes):
     """A segment's PCM whose transcription started at the VAD's first silent window.
 
-    ``task`` is that transcription (it returns the segment list).
+    ``task`` is that transcription (it returns the segment list). ``eager`` is whether its
+    transcript was announced as an eager end of turn before the VAD's stop.
     """
 
     task: asyncio.Task
+    eager: bool = False
 
 
 def _service_class():
@@ -188,7 +190,8 @@ def _service_class():
         With ``early_transcript`` the VAD's pause report (``on_speech_pause``) starts the
         segment's transcription while the VAD waits out its stop; the stop then queues that
         transcription instead of a new one. Speech that resumes drops it. ``early`` counts
-        those started, used and dropped.
+        those started, used and dropped, and the eager ends of turn announced before the stop
+        (when the pass finished first; speech that resumes withdraws them).
 
         With ``enable_eager_end_of_turn`` each segment's transcript is announced as an eager
         end of turn first, unless the user is already speaking again or another segment is
@@ -210,7 +213,7 @@ def _service_class():
             # One transcription at a time per session: an early pass that speech made stale
             # is not cancelled (its thread would run on) but finishes before the next starts.
             self._model_lock = asyncio.Lock()
-            self.early = {"started": 0, "used": 0, "dropped": 0}
+            self.early = {"started": 0, "used": 0, "dropped": 0, "eager_before_stop": 0}
             super().__init__(**kwargs)
 
         def on_speech_pause(self) -> None:
@@ -219,13 +222,30 @@ def _service_class():
                 return
             self._drop_early()
             early = _EarlySegment(bytes(self._audio_buffer) + self._trailing_silence())
-            early.task = self.create_task(self._transcribe(early), f"{self}::early_transcript")
             self._early = early
+            early.task = self.create_task(self._transcribe_early(early), f"{self}::early")
             self.early["started"] += 1
 
         def on_speech_resumed(self) -> None:
             """Speech went on before the VAD's stop: the early pass missed the rest."""
             self._drop_early()
+            if self.eager_end_of_turn_pending:
+                # Its eager end of turn was announced: withdraw it (the response it started
+                # is dropped) before the user's next words can be taken for an answer to it.
+                self.create_task(self._cancel_eager_end_of_turn(), f"{self}::eager_cancel")
+
+        async def _transcribe_early(self, early: _EarlySegment) -> list[Any]:
+            segments = await self._transcribe(early)
+            # Still the current pause, the VAD still counting its stop: announce the
+            # transcript now, so the LLM starts before the stop and Smart Turn's verdict.
+            text = segments_text(segments, assert_given(self._settings.no_speech_prob))
+            if self._early is early and text and self._segment_queue.empty():
+                early.eager = True
+                self.early["eager_before_stop"] += 1
+                await self._push_eager_end_of_turn(
+                    text, user_id=self._user_id, language=assert_given(self._settings.language)
+                )
+            return segments
 
         def _drop_early(self) -> None:
             if self._early is not None:
@@ -285,7 +305,8 @@ def _service_class():
             await self._handle_transcription(text, True, language)
             logger.debug(f"Transcription: [{text}]")
             frame = TranscriptionFrame(text, self._user_id, time_now_iso8601(), language)
-            if not self._user_speaking and self._segment_queue.empty():
+            announced = isinstance(audio, _EarlySegment) and audio.eager
+            if not (announced or self._user_speaking) and self._segment_queue.empty():
                 await self._push_eager_end_of_turn(
                     frame.text, user_id=frame.user_id, language=frame.language
                 )

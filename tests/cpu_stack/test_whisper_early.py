@@ -13,7 +13,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from pipecat.audio.vad.vad_analyzer import VADParams
-from pipecat.frames.frames import TranscriptionFrame
+from pipecat.frames.frames import (
+    EagerEndOfTurnCancelFrame,
+    EagerTranscriptionFrame,
+    TranscriptionFrame,
+    VADUserStoppedSpeakingFrame,
+)
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.tests.utils import SleepFrame, run_test
@@ -108,9 +113,9 @@ def test_a_loop_in_the_short_window_is_redone_over_30_s(utterances, monkeypatch)
     assert word_error_rate(utterances[0].text, _words(segments)) <= 0.35
 
 
-def _vad() -> PauseReportingSileroVAD:
+def _vad(stop_secs: float = 0.2) -> PauseReportingSileroVAD:
     return PauseReportingSileroVAD(
-        params=VADParams(confidence=0.7, start_secs=0.2, stop_secs=0.2, min_volume=0.6)
+        params=VADParams(confidence=0.7, start_secs=0.2, stop_secs=stop_secs, min_volume=0.6)
     )
 
 
@@ -122,13 +127,14 @@ def _paced(pcm: np.ndarray) -> list:
     return frames
 
 
-async def _transcripts(pcm: np.ndarray, *, early: bool):
+async def _transcripts(pcm: np.ndarray, *, early: bool, stop_secs: float = 0.2):
     settings = whisper_settings(early_transcript=early)
     stt = stt_whisper.build(settings)
-    vad = _vad()
+    vad = _vad(stop_secs)
     vad.add_pause_listener(stt)
     pipeline = Pipeline([stt, VADProcessor(vad_analyzer=vad)])
     down, _ = await run_test(pipeline, frames_to_send=_paced(pcm), start_timeout=10.0)
+    stt.frames_out = down
     return [f.text for f in down if isinstance(f, TranscriptionFrame)], stt, vad
 
 
@@ -176,7 +182,25 @@ async def test_the_early_transcript_is_the_one_used_and_matches_the_whole_segmen
     # The segment was transcribed once, by the early pass: the stop queued its result.
     assert len(calls) - calls_late == stt.early["started"], (calls, stt.early)
     assert word_error_rate(late[0], early[0]) <= 0.1, (late, early)
+    # Its transcript is the eager end of turn, announced once.
+    eager = [f.text for f in stt.frames_out if isinstance(f, EagerTranscriptionFrame)]
+    assert eager == early, (eager, early)
     assert word_error_rate(utterance.text, early[0]) <= 0.35, (utterance.text, early)
+
+
+@pytest.mark.timeout(180)
+async def test_an_early_pass_done_before_the_stop_announces_the_eager_end_of_turn(utterances):
+    utterance = next(u for u in utterances if u.duration_s <= 4.0)
+    silence = np.zeros(SAMPLE_RATE, np.int16)
+    pcm = np.concatenate([_with_silence(load_audio(utterance.path, SAMPLE_RATE)), silence])
+    # A long stop (0.8 s) so the pass surely finishes inside it on any machine.
+    texts, stt, _ = await _transcripts(pcm, early=True, stop_secs=0.8)
+    assert len(texts) == 1 and stt.early["eager_before_stop"] == 1, (texts, stt.early)
+    frames = stt.frames_out
+    eager = [f for f in frames if isinstance(f, EagerTranscriptionFrame)]
+    assert [f.text for f in eager] == texts  # once, with the committed transcript's words
+    stop = next(f for f in frames if isinstance(f, VADUserStoppedSpeakingFrame))
+    assert frames.index(eager[0]) < frames.index(stop)
 
 
 @pytest.mark.timeout(180)
@@ -187,6 +211,10 @@ async def test_speech_that_resumes_drops_the_early_transcript(utterances):
     pcm = _with_silence(*parts, gap_secs=0.1)
     texts, stt, vad = await _transcripts(pcm, early=True)
     assert vad.resumes >= 1 and stt.early["dropped"] >= 1, (vad.resumes, stt.early)
+    # An eager end of turn announced in the gap was withdrawn when the speech went on.
+    announced = [f for f in stt.frames_out if isinstance(f, EagerTranscriptionFrame)]
+    withdrawn = [f for f in stt.frames_out if isinstance(f, EagerEndOfTurnCancelFrame)]
+    assert len(withdrawn) >= len(announced) - len(texts), (announced, withdrawn)
     # The segment across the gap was transcribed whole at the stop: its transcript goes on
     # past the first recording's words (a recording's own pauses may end later segments).
     assert texts and len(texts[0].split()) > len(first.text.split()), (first.text, texts)
