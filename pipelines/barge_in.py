@@ -305,7 +305,8 @@ class BargeInUserTurnStartStrategy(BaseUserTurnStartStrategy):
         # The turn ended in a pause and the user went on: the answer to the first half must
         # not play over the rest (the VAD confirms their speech only ~0.36 s after it began).
         voiced = self._last_voiced_at
-        if self.holding or self._in_user_turn or voiced is None:
+        # After a false alarm, steady noise holds nothing until it has been quiet a while.
+        if self.holding or self._in_user_turn or self._quiet_needed or voiced is None:
             return
         if time.time() - voiced <= SPEAKING_AT_BOT_START_SECS:
             await self._hold()

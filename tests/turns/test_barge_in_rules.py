@@ -187,3 +187,26 @@ async def test_an_answer_that_starts_after_the_user_went_quiet_is_not_held():
         assert strategy.holding and output.paused and not started
     finally:
         await strategy.cleanup()
+
+
+async def test_steady_noise_holds_one_answer_at_most():
+    import asyncio
+
+    from pipecat.frames.frames import BotStartedSpeakingFrame, BotStoppedSpeakingFrame
+
+    from pipelines import barge_in
+
+    strategy, output, started = await _start_strategy()
+    try:
+        await strategy.process_frame(_input(3000))  # noise the VAD never calls speech
+        await strategy.process_frame(BotStartedSpeakingFrame())
+        assert strategy.holding
+        await asyncio.sleep(0.2 + barge_in.FALSE_ALARM_MARGIN_SECS + 0.1)
+        assert not strategy.holding and strategy._barge_in.false_alarms == 1
+        await strategy.process_frame(BotStoppedSpeakingFrame())
+        # The noise goes on; the next answer starts without a hold.
+        await strategy.process_frame(_input(3000))
+        await strategy.process_frame(BotStartedSpeakingFrame())
+        assert not strategy.holding and not output.paused and not started
+    finally:
+        await strategy.cleanup()
