@@ -208,6 +208,11 @@ class TextAwareTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         await self._cancel_text_wait()
         self._held_reason = None
         await super()._handle_transcription(frame)
+        if self._vad_user_speaking:
+            # The words of a segment that ended before the user spoke again (the VAD's frames
+            # overtake the STT's): they do not cover the speech going on now, so they must not
+            # let that speech's stop end the turn before its own transcript comes.
+            self._transcript_finalized = False
         if not (self._vad_stopped or self._vad_user_speaking) and self._speech_ended_at:
             await self._consider_barge_in_transcript()
 

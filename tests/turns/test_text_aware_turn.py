@@ -225,3 +225,80 @@ def test_the_text_wait_is_configurable_and_zero_is_allowed():
     detector = build_turn_strategies(strategies).stop[0].detector
     assert isinstance(detector, TextAwareTurnStopStrategy)
     assert detector.complete_text_wait_secs == 0
+
+
+class FakeCompleteAnalyzer:
+    """Fake (named as such) of Smart Turn that judges every stop COMPLETE, so the test can put
+    the STT's and the VAD's frames in the order a loaded machine delivers them."""
+
+    def __init__(self):
+        from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
+
+        self.params = SmartTurnParams(stop_secs=3.0)
+        self.sample_rate = 16000
+        self.speech_triggered = False
+
+    def set_sample_rate(self, rate):
+        self.sample_rate = rate
+
+    def append_audio(self, buffer, is_speech):
+        from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
+
+        return EndOfTurnState.INCOMPLETE
+
+    async def analyze_end_of_turn(self):
+        from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
+
+        return EndOfTurnState.COMPLETE, None
+
+    def update_vad_start_secs(self, secs):
+        pass
+
+    def clear(self):
+        pass
+
+    async def cleanup(self):
+        pass
+
+
+async def test_a_late_transcript_of_the_first_sentence_waits_for_the_second():
+    """Two sentences with a pause: the first one's transcript reaches the strategy only after
+    the user spoke again (the VAD's frames overtake the STT's while Smart Turn runs). The
+    second sentence's stop must wait for its own transcript, and the turn holds both."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from pipecat.frames.frames import (
+        TranscriptionFrame,
+        VADUserStartedSpeakingFrame,
+        VADUserStoppedSpeakingFrame,
+    )
+    from pipecat.utils.asyncio.task_manager import TaskManager
+
+    strategy = TextAwareTurnStopStrategy(turn_analyzer=FakeCompleteAnalyzer())
+    await strategy.setup(
+        SimpleNamespace(
+            task_manager=TaskManager(loop=asyncio.get_running_loop()), audio_in_sample_rate=16000
+        )
+    )
+    decisions: list[TurnDecision] = []
+    strategy.add_event_handler("on_turn_decision", lambda _s, d: _append(decisions, d))
+    now = time.time()
+
+    def final(text):
+        return TranscriptionFrame(text, "", "", None, finalized=True)
+
+    try:
+        await strategy.handle_user_turn_started()
+        await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2, timestamp=now))
+        await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=now))
+        await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2, timestamp=now))
+        await strategy.process_frame(final("That password does not meet the requirements."))
+        assert decisions == []  # the user is speaking again
+        await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=now))
+        assert decisions == [], decisions  # the second sentence's words are not in yet
+        await strategy.process_frame(final("Please try again."))
+        assert len(decisions) == 1, decisions
+        assert decisions[0].text.endswith("Please try again."), decisions
+    finally:
+        await strategy.cleanup()
