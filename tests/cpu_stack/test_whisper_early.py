@@ -24,8 +24,9 @@ from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.tests.utils import SleepFrame, run_test
 
 from pipelines.latency import VOICED_RMS, frame_rms
-from tests.e2e.speech import load_utterances, word_error_rate
+from tests.e2e.speech import word_error_rate
 from tests.e2e.voice_client import load_audio
+from tests.support.speech import cached_utterances
 from tests.support.whisper import SAMPLE_RATE, audio_frames, whisper_settings
 
 pytest.importorskip("faster_whisper")
@@ -37,10 +38,7 @@ from services.vad.silero_pauses import PauseReportingSileroVAD  # noqa: E402
 
 @pytest.fixture(scope="module")
 def utterances():
-    try:
-        found = load_utterances()
-    except RuntimeError as exc:
-        pytest.skip(f"real speech unavailable: {exc}")
+    found = cached_utterances()
     chosen = sorted(
         (u for u in found if 1.5 <= u.duration_s <= 6.0 and len(u.text.split()) >= 3),
         key=lambda u: u.id,
@@ -227,7 +225,7 @@ async def test_a_confident_segment_with_a_high_no_speech_probability_is_kept():
     # The service's own model, decoding as the service does.
     model = stt_whisper._GreedyWhisper(stt_whisper.load_model(whisper_settings()), 1)
     found = None
-    for utterance in sorted(load_utterances(), key=lambda u: u.id):
+    for utterance in sorted(cached_utterances(), key=lambda u: u.id):
         if utterance.duration_s > 12.0:
             continue
         segments, _ = model.transcribe(_float(utterance), language="en")

@@ -11,8 +11,9 @@ from pipecat.frames.frames import (
 )
 from pipecat.tests.utils import run_test
 
-from tests.e2e.speech import load_utterances, word_error_rate
+from tests.e2e.speech import word_error_rate
 from tests.e2e.voice_client import load_audio
+from tests.support.speech import cached_utterances
 from tests.support.whisper import audio_frames, whisper_settings
 
 pytest.importorskip("faster_whisper")
@@ -45,10 +46,7 @@ def test_sessions_share_one_model():
 
 @pytest.fixture(scope="module")
 def utterance():
-    try:
-        found = load_utterances()
-    except RuntimeError as exc:
-        pytest.skip(f"real speech unavailable: {exc}")
+    found = cached_utterances()
     chosen = [u for u in found if 2.0 <= u.duration_s <= 4.0 and len(u.text.split()) >= 5]
     if not chosen:
         pytest.skip("no real speech cached (scripts/fetch_speech.py)")
