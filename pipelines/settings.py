@@ -142,6 +142,10 @@ class TTSSettings(_Section):
     cfg_scale: float | None = Field(None, ge=0.0)
     # magpie-nim: one gRPC call per sentence, or one stream per reply (Magpie stitching).
     nim_mode: Literal["per_sentence", "stitched"] = "per_sentence"
+    # A reply's first sentence is spoken from its first clause mark once it is this many
+    # characters long (1: at the first clause, "Sure, "); 0 waits for the whole sentence.
+    # Not used by magpie-nim, whose server aggregates the text itself.
+    first_clause_min_chars: int = Field(1, ge=0, le=10_000)
 
 
 class VADSettings(_Section):

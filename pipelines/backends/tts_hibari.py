@@ -29,6 +29,7 @@ def build(settings: AgentSettings):
 
     return HibariTTSService(
         settings=HibariTTSService.Settings(voice=_voice(settings)),
+        first_clause_min_chars=settings.tts.first_clause_min_chars,
         text_transforms=speakable_transforms(),
     )
 

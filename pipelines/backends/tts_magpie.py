@@ -28,6 +28,7 @@ def build(settings: AgentSettings):
     return MagpieTTSService(
         model=tts.model,
         device=tts.device,
+        first_clause_min_chars=settings.tts.first_clause_min_chars,
         settings=MagpieTTSService.Settings(
             voice=tts.voice or "Aria", language=tts.language, cfg_scale=tts.cfg_scale
         ),

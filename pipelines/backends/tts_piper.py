@@ -23,6 +23,7 @@ def build(settings: AgentSettings):
 
     return PiperTTSService(
         settings=PiperTTSService.Settings(voice=settings.tts.voice or DEFAULT_PIPER_VOICE),
+        first_clause_min_chars=settings.tts.first_clause_min_chars,
         text_transforms=speakable_transforms(),
     )
 

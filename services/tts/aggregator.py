@@ -15,6 +15,12 @@ from collections.abc import AsyncIterator
 from pipecat.utils.text.base_text_aggregator import Aggregation, TextType
 from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
 
+# The first sentence is cut at its first clause mark however short the clause ("Sure, ",
+# "I'm sorry, "): a clause mark is where a speaker pauses anyway, so the seam is not heard, and
+# each token the TTS does not wait for is ~15-40 ms of silence on CPU. 40 (the old default)
+# waited for the whole first sentence on most replies (measured in docs/voice-to-voice.md).
+DEFAULT_FIRST_CLAUSE_MIN_CHARS = 1
+
 # A clause mark followed by the whitespace just typed: "warm, " or "this; " or "here: " or " - ".
 _CLAUSE_END = re.compile(r"(?:[,;:]|\s[-–—]|[–—])\s$")
 
@@ -26,7 +32,7 @@ class FirstClauseTextAggregator(SimpleTextAggregator):
     every reply gets its early first clause.
     """
 
-    def __init__(self, *, first_clause_min_chars: int = 40, **kwargs):
+    def __init__(self, *, first_clause_min_chars: int = DEFAULT_FIRST_CLAUSE_MIN_CHARS, **kwargs):
         """Initialize the aggregator.
 
         Args:

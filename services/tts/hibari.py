@@ -19,6 +19,7 @@ from pipecat.services.settings import TTSSettings
 from pipecat.transcriptions.language import Language
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
+from services.tts.aggregator import DEFAULT_FIRST_CLAUSE_MIN_CHARS
 from services.tts.local_tts import LocalSentenceTTSService
 from services.tts.silence import trim_leading_silence
 
@@ -76,7 +77,7 @@ class HibariTTSService(LocalSentenceTTSService):
     def __init__(
         self,
         *,
-        first_clause_min_chars: int = 40,
+        first_clause_min_chars: int = DEFAULT_FIRST_CLAUSE_MIN_CHARS,
         sample_rate: int | None = HIBARI_SAMPLE_RATE,
         settings: Settings | None = None,
         **kwargs,
@@ -84,7 +85,7 @@ class HibariTTSService(LocalSentenceTTSService):
         """Initialize the Hibari TTS service.
 
         Args:
-            first_clause_min_chars: A reply's first sentence longer than this is cut at its first
+            first_clause_min_chars: A reply's first sentence at least this long is cut at its first
                 clause boundary so speech starts earlier; 0 disables the cut.
             sample_rate: Output rate; defaults to the model's own 24 kHz.
             settings: Runtime-updatable settings (voice, speed).

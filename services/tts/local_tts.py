@@ -17,7 +17,7 @@ from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.tracing.service_decorators import traced_tts
 
-from services.tts.aggregator import FirstClauseTextAggregator
+from services.tts.aggregator import DEFAULT_FIRST_CLAUSE_MIN_CHARS, FirstClauseTextAggregator
 
 
 class LocalSentenceTTSService(TTSService):
@@ -31,7 +31,7 @@ class LocalSentenceTTSService(TTSService):
         *,
         default_settings: TTSSettings,
         settings: TTSSettings | None = None,
-        first_clause_min_chars: int = 40,
+        first_clause_min_chars: int = DEFAULT_FIRST_CLAUSE_MIN_CHARS,
         **kwargs,
     ):
         """Initialize the service.
@@ -39,7 +39,7 @@ class LocalSentenceTTSService(TTSService):
         Args:
             default_settings: The service's own defaults, updated in place with ``settings``.
             settings: The caller's settings, applied over ``default_settings``.
-            first_clause_min_chars: A reply's first sentence longer than this is cut at its first
+            first_clause_min_chars: A reply's first sentence at least this long is cut at its first
                 clause boundary so speech starts earlier; 0 disables the cut.
             **kwargs: Passed to ``TTSService`` (e.g. ``sample_rate``).
         """

@@ -19,6 +19,7 @@ from pipecat.services.settings import TTSSettings
 from pipecat.transcriptions.language import Language, resolve_language
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
+from services.tts.aggregator import DEFAULT_FIRST_CLAUSE_MIN_CHARS
 from services.tts.local_tts import LocalSentenceTTSService
 from services.tts.magpie_engine import (
     DEFAULT_MAGPIE_MODEL,
@@ -74,7 +75,7 @@ class MagpieTTSService(LocalSentenceTTSService):
         model: str = DEFAULT_MAGPIE_MODEL,
         device: str = "auto",
         engine: MagpieEngine | None = None,
-        first_clause_min_chars: int = 40,
+        first_clause_min_chars: int = DEFAULT_FIRST_CLAUSE_MIN_CHARS,
         frame_ms: int = 200,
         sample_rate: int | None = None,
         settings: Settings | None = None,
@@ -86,7 +87,7 @@ class MagpieTTSService(LocalSentenceTTSService):
             model: Hugging Face id or path to a local ``.nemo`` checkpoint.
             device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
             engine: An engine to use instead of the process-wide one for (model, device).
-            first_clause_min_chars: A reply's first sentence longer than this is cut at its first
+            first_clause_min_chars: A reply's first sentence at least this long is cut at its first
                 clause boundary so speech starts earlier; 0 disables the cut.
             frame_ms: Duration of each audio frame pushed downstream.
             sample_rate: Output rate; None (recommended) uses the model's own rate.

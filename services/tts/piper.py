@@ -21,6 +21,7 @@ from loguru import logger
 from pipecat.services.settings import TTSSettings
 from pipecat.transcriptions.language import Language
 
+from services.tts.aggregator import DEFAULT_FIRST_CLAUSE_MIN_CHARS
 from services.tts.local_tts import LocalSentenceTTSService
 
 try:
@@ -91,7 +92,7 @@ class PiperTTSService(LocalSentenceTTSService):
         self,
         *,
         voice_dir: str | Path | None = None,
-        first_clause_min_chars: int = 40,
+        first_clause_min_chars: int = DEFAULT_FIRST_CLAUSE_MIN_CHARS,
         sample_rate: int | None = None,
         settings: Settings | None = None,
         **kwargs,
@@ -100,7 +101,7 @@ class PiperTTSService(LocalSentenceTTSService):
 
         Args:
             voice_dir: Extra folder to look for ``<voice>.onnx`` in.
-            first_clause_min_chars: A reply's first sentence longer than this is cut at its first
+            first_clause_min_chars: A reply's first sentence at least this long is cut at its first
                 clause boundary so speech starts earlier; 0 disables the cut.
             sample_rate: Output rate; None uses the voice's own rate (22.05 kHz for joe).
             settings: Runtime-updatable settings (voice: a name or an ``.onnx`` path).

@@ -84,6 +84,37 @@ async def test_speaks_sentence_by_sentence_at_native_rate(backend, module, rate)
 
 
 @pytest.mark.parametrize(("backend", "module", "rate"), BACKENDS)
+@pytest.mark.parametrize(
+    ("min_chars", "first"),
+    [
+        (None, "Sure,"),
+        ("12", "Sure, the meeting is at noon."),
+        ("0", "Sure, the meeting is at noon."),
+    ],
+    ids=["default-first-clause", "clause-too-short", "cut-off"],
+)
+async def test_first_sentence_starts_at_its_first_clause(backend, module, rate, min_chars, first):
+    # tts.first_clause_min_chars reaches the service: by default the reply is spoken from its
+    # first clause mark, so the TTS starts before the LLM has finished the first sentence.
+    needs(module)
+    env = {} if min_chars is None else {"first_clause_min_chars": min_chars}
+    tts = build_tts(backend, **env)
+    calls = []
+    original = tts.run_tts
+
+    async def spy(text, context_id):
+        calls.append(text.strip())
+        async for frame in original(text, context_id):
+            yield frame
+
+    tts.run_tts = spy
+    tokens = ["Sure", ",", " the", " meeting", " is", " at", " noon", ".", " Bring", " notes", "."]
+    await run_test(tts, frames_to_send=reply(*tokens))
+    assert calls[0] == first
+    assert " ".join(calls) == "Sure, the meeting is at noon. Bring notes."
+
+
+@pytest.mark.parametrize(("backend", "module", "rate"), BACKENDS)
 async def test_interruption_drops_the_old_reply(backend, module, rate):
     needs(module)
     tts = build_tts(backend)
