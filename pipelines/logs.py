@@ -25,6 +25,8 @@ def setup_logging(level: str = "INFO") -> None:
     """One log stream at ``level``; NeMo's chatty loggers are held at WARNING."""
     logger.remove()
     logger.add(sys.stderr, level=level)
-    logging.basicConfig(handlers=[_ToLoguru()], level=level, force=True)
+    # stdlib logging has no TRACE (loguru's level below DEBUG): its records pass at DEBUG.
+    stdlib_level = "DEBUG" if level.upper() == "TRACE" else level
+    logging.basicConfig(handlers=[_ToLoguru()], level=stdlib_level, force=True)
     for noisy in ("nemo_logger", "nemo", "lightning", "pytorch_lightning", "numba"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -235,3 +235,13 @@ def test_debug_log_level_adds_the_traceback():
     assert result.returncode == 1
     assert "Traceback" in out and "PresetError" in out, out[-3000:]
     assert out.rstrip().splitlines()[-2].startswith("voice-agent: llm.preset = 'openai'"), out
+
+
+def test_trace_log_level_is_accepted():
+    # log_level allows TRACE (loguru's level below DEBUG); stdlib logging, which NeMo and the
+    # engine log through, has no such level and used to crash the start with ValueError.
+    result = cli(*run_args("llm.preset=openai"), "--log-level", "TRACE")
+    out = result.stdout
+    assert result.returncode == 1, out[-3000:]
+    assert "Unknown level" not in out, out[-3000:]
+    assert out.rstrip().splitlines()[-2].startswith("voice-agent: llm.preset = 'openai'"), out
