@@ -123,7 +123,12 @@ class _Linear:
         self.packed = None
         self.weight: torch.Tensor | None = weight
         if prepack:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 16)
+            try:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 16)
+            except RuntimeError:
+                # oneDNN's bf16 path needs AVX-512 (or AVX-NE-CONVERT); an AVX2-only CPU
+                # refuses to prepack bf16 weights: plain F.linear serves it instead.
+                return
             self.weight = None  # the packed copy replaces it
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
