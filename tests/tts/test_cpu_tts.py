@@ -35,6 +35,20 @@ def build_tts(backend: str, **env: str):
     return resolve("tts", backend)(tts_settings(backend, **env))
 
 
+def record_synthesis(tts) -> list[str]:
+    """The texts ``tts`` is asked to synthesize, in order (its ``run_tts`` still runs)."""
+    calls: list[str] = []
+    original = tts.run_tts
+
+    async def spy(text, context_id):
+        calls.append(text.strip())
+        async for frame in original(text, context_id):
+            yield frame
+
+    tts.run_tts = spy
+    return calls
+
+
 BACKENDS = [
     pytest.param("hibari", "hibari", 24000, id="hibari"),
     pytest.param("piper", "piper", 22050, id="piper"),
@@ -51,15 +65,7 @@ async def test_speaks_sentence_by_sentence_at_native_rate(backend, module, rate)
     # As `voice-agent run` does before the first session: load and warm the voice.
     importlib.import_module(f"pipelines.backends.tts_{backend}").prewarm(tts_settings(backend))
     tts = build_tts(backend)
-    calls = []
-    original = tts.run_tts
-
-    async def spy(text, context_id):
-        calls.append(text.strip())
-        async for frame in original(text, context_id):
-            yield frame
-
-    tts.run_tts = spy
+    calls = record_synthesis(tts)
     down, up = await run_test(
         tts,
         frames_to_send=reply("Hello there. ", "It costs $5 today."),
@@ -99,15 +105,7 @@ async def test_first_sentence_starts_at_its_first_clause(backend, module, rate, 
     needs(module)
     env = {} if min_chars is None else {"first_clause_min_chars": min_chars}
     tts = build_tts(backend, **env)
-    calls = []
-    original = tts.run_tts
-
-    async def spy(text, context_id):
-        calls.append(text.strip())
-        async for frame in original(text, context_id):
-            yield frame
-
-    tts.run_tts = spy
+    calls = record_synthesis(tts)
     tokens = ["Sure", ",", " the", " meeting", " is", " at", " noon", ".", " Bring", " notes", "."]
     await run_test(tts, frames_to_send=reply(*tokens))
     assert calls[0] == first

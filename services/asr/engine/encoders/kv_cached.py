@@ -87,10 +87,14 @@ def _cast(t: torch.Tensor | None, dtype: torch.dtype, device: torch.device):
     return None if t is None else t.detach().to(device=device, dtype=dtype)
 
 
-def _can_prepack(device: torch.device) -> bool:
+def _can_prepack(device: torch.device, dtype: torch.dtype) -> bool:
     if device.type != "cpu" or os.environ.get("VOICE_AGENT_ASR_PREPACK", "1") == "0":
         return False
     ops = torch.ops.mkldnn
+    if dtype == torch.bfloat16 and not ops._is_mkldnn_bf16_supported():
+        # oneDNN's bf16 path needs AVX-512 (or AVX-NE-CONVERT); on an AVX2-only CPU it refuses
+        # to prepack bf16 weights, and plain F.linear serves them.
+        return False
     return (
         torch.backends.mkldnn.is_available()
         and hasattr(ops, "_reorder_linear_weight")
@@ -123,12 +127,7 @@ class _Linear:
         self.packed = None
         self.weight: torch.Tensor | None = weight
         if prepack:
-            try:
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 16)
-            except RuntimeError:
-                # oneDNN's bf16 path needs AVX-512 (or AVX-NE-CONVERT); an AVX2-only CPU
-                # refuses to prepack bf16 weights: plain F.linear serves it instead.
-                return
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 16)
             self.weight = None  # the packed copy replaces it
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -284,7 +283,7 @@ class KVCachedStep:
         self.conv_context = int(encoder.layers[0].conv.depthwise_conv._left_padding)
         self.scale = 1.0 / math.sqrt(self.d_k)
         self.xscale = encoder.pos_enc.xscale
-        self.prepacked = _can_prepack(device)
+        self.prepacked = _can_prepack(device, dtype)
         self.layers = [
             _LayerWeights.from_nemo(la, dtype, device, self.prepacked) for la in encoder.layers
         ]
