@@ -35,15 +35,10 @@ from pipelines.checks import (
     check_port_free,
     require,
 )
+from services.asr.serve import ray_env
 
 APP_NAME = "asr"
 _CLUSTER_FIX = 'install the cluster extra: pip install -e ".[cluster]"'
-# Environment of Ray's processes, set before ray is imported (its constants read it then).
-_RAY_ENV = {
-    # Keeps a one-host Ray on 127.0.0.1: the node address is the loopback one, not the host's.
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -137,8 +132,7 @@ def handler(args: argparse.Namespace) -> int:
     options = app_options(args, resolved)
     token = resolve_token(args, resolved.settings.stt)
     local = args.address is None
-    for key, value in _RAY_ENV.items():
-        os.environ.setdefault(key, value)
+    ray_env.apply()  # before ray is imported: loopback, a lean control plane
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if args.proxy == "haproxy" else "0"
     if not _is_loopback(args.asr_host) and not token:
         logger.warning(

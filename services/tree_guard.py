@@ -33,18 +33,26 @@ def start_tree_guard(*, poll_s: float = POLL_S, grace_s: float = GRACE_S) -> sub
 
 
 def _table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, start time) of every live process (zombies are gone already)."""
+    """pid -> (parent pid, start time) of every live process (zombies are gone already).
+
+    Raw ``os.read`` of each ``/proc/PID/stat``: the guardian scans every process twice a second
+    for the life of a cluster, and ``Path.read_text`` made that ~2.5% of a core on its own.
+    """
     table: dict[int, tuple[int, str]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
             continue
         try:
-            stat = Path(entry.path, "stat").read_text()
+            fd = os.open(f"/proc/{name}/stat", os.O_RDONLY)
+            try:
+                stat = os.read(fd, 4096)
+            finally:
+                os.close(fd)
         except OSError:  # gone meanwhile
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        if fields[0] not in ("Z", "X"):
-            table[int(entry.name)] = (int(fields[1]), fields[19])
+        fields = stat[stat.rindex(b")") + 2 :].split()  # after "pid (comm) "
+        if fields[0] not in (b"Z", b"X"):
+            table[int(name)] = (int(fields[1]), fields[19].decode())
     return table
 
 
@@ -58,8 +66,8 @@ def _descendants(roots: set[int], table: dict[int, tuple[int, str]]) -> set[Proc
     return found
 
 
-def _alive(procs: set[Proc]) -> set[Proc]:
-    table = _table()
+def _alive(procs: set[Proc], table: dict[int, tuple[int, str]] | None = None) -> set[Proc]:
+    table = _table() if table is None else table
     return {(pid, start) for pid, start in procs if table.get(pid, (0, ""))[1] == start}
 
 
@@ -106,7 +114,7 @@ def guard(parent: int, *, poll_s: float = POLL_S, grace_s: float = GRACE_S) -> N
     known: set[Proc] = set()
     while os.getppid() == parent:
         table = _table()
-        known = {p for p in _descendants({parent}, table) if p[0] != me} | _alive(known)
+        known = {p for p in _descendants({parent}, table) if p[0] != me} | _alive(known, table)
         time.sleep(poll_s)
     # Orphans are re-parented, not renamed: what is still alive of the tree, and its children.
     victims = _alive(known)

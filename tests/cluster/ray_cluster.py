@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Before ray is imported anywhere: its constants read these at import time.
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # node address = 127.0.0.1, not the host's
+from services.asr.serve import ray_env  # no ray import
+
+# Loopback (node address = 127.0.0.1, not the host's) and the lean control plane that
+# `voice-agent asr-cluster` runs with, so failover and autoscaling are tested under it.
+ray_env.apply()
 os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
