@@ -17,7 +17,9 @@ from pipecat.frames.frames import (
 from pipecat.metrics.metrics import STTUsageMetricsData, TTFBMetricsData
 from pipecat.pipeline.worker import PipelineParams
 
-from services.asr.remote_stt import RemoteNemotronSTTService
+from services.asr.engine.events import WordTiming
+from services.asr.remote_stt import RemoteNemotronSTTService, _words
+from services.asr.server import protocol as P
 from tests.asr_server.tiny import speechlike_pcm
 from tests.stt.harness import LivePipeline
 
@@ -138,3 +140,17 @@ async def test_final_frames_carry_the_words_and_their_times(server, tiny_engine)
         stream.close()
     assert reference.words and final.result.words == reference.words
     assert final.result.text == reference.text
+
+
+def test_word_times_survive_the_wire_at_any_sample_aligned_utterance_start():
+    """The server puts word times on the connection clock and the client takes them back to the
+    utterance's: the round trip gives the engine's times exactly, whatever sample the utterance
+    began on (at 4 wire decimals an offset of 3.00025 s turned 2.08 into 2.0799)."""
+    words = (WordTiming("hello", 0.32, 1.44), WordTiming("there", 1.52, 2.08))
+    for sample in range(0, 16000 * 20, 7):
+        offset = sample / P.SAMPLE_RATE
+        event = {
+            "audio_start_s": round(offset, P.CLOCK_DECIMALS),
+            "words": P.word_times(words, offset),
+        }
+        assert _words(event) == words, offset

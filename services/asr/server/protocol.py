@@ -25,6 +25,11 @@ BYTES_PER_SECOND = SAMPLE_RATE * 2
 STREAM_PATHS = ("/", "/v1/stream")
 REALTIME_PATH = "/v1/realtime"  # OpenAI Realtime transcription (services/asr/server/realtime.py)
 TOKEN_ENV = "VOICE_AGENT_ASR_TOKEN"
+# Decimals of every connection-clock time on the wire. A client subtracts two of them (a word's
+# time minus its utterance's start) to get utterance times: at 4 decimals a sample-aligned offset
+# such as 3.00025 s rounds differently from 5.08025 s and a word ends at 2.0799 s instead of 2.08.
+# Microseconds keep that error under 1e-6 s, below the 0.1 ms the client reports.
+CLOCK_DECIMALS = 6
 
 # Close codes (RFC 6455 and the registered 1013).
 CLOSE_NORMAL = 1000
@@ -142,8 +147,8 @@ def word_times(words: Any, offset_s: float = 0.0) -> list[dict[str, Any]] | None
     return [
         {
             "word": w.word,
-            "start_s": round(offset_s + w.start_s, 4),
-            "end_s": round(offset_s + w.end_s, 4),
+            "start_s": round(offset_s + w.start_s, CLOCK_DECIMALS),
+            "end_s": round(offset_s + w.end_s, CLOCK_DECIMALS),
         }
         for w in words
     ]

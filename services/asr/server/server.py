@@ -515,10 +515,10 @@ class _Connection:
             "type": kind,
             "utterance": int(getattr(ev, "utterance", self.utterance)),
             "text": ev.text,
-            "audio_start_s": round(offset + float(ev.audio_start_s), 4),
-            "audio_end_s": round(offset + float(ev.audio_end_s), 4),
+            "audio_start_s": round(offset + float(ev.audio_start_s), P.CLOCK_DECIMALS),
+            "audio_end_s": round(offset + float(ev.audio_end_s), P.CLOCK_DECIMALS),
             "latency_s": round(float(ev.latency_s or 0.0), 4),
-            "received_s": round(self.received_s, 4),
+            "received_s": round(self.received_s, P.CLOCK_DECIMALS),
             "server_time": time.time(),
             **extra,
         }
@@ -639,7 +639,7 @@ class _Connection:
             {
                 "type": "reset",
                 "utterance": self.utterance,
-                "audio_start_s": round(self.received_s, 4),
+                "audio_start_s": round(self.received_s, P.CLOCK_DECIMALS),
             }
         )
 
