@@ -97,6 +97,7 @@ class LlamaServer:
         port: int | None = None,
         startup_timeout_s: float = 120.0,
         extra_args: list[str] | None = None,
+        requantize: str = "auto",
     ):
         """Describe a server; nothing starts until :meth:`ensure_started`.
 
@@ -109,6 +110,9 @@ class LlamaServer:
             port: Port to bind; None picks a free one.
             startup_timeout_s: How long to wait for the server to answer.
             extra_args: More ``llama_cpp.server`` command-line arguments.
+            requantize: "auto" serves a Q4_1 file as its cached Q8_0 copy, which llama.cpp's
+                CPU kernels prefill ~1.7x faster (``services/llm/gguf_requantize.py``); "off"
+                serves the file as it is.
         """
         self.model_path = Path(model_path).expanduser()
         self.n_ctx = n_ctx
@@ -118,6 +122,9 @@ class LlamaServer:
         self.port = port
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = list(extra_args or [])
+        self.requantize = requantize
+        # The file actually served (the Q8_0 copy or model_path), chosen on the first start.
+        self.served_path: Path | None = None
         self._process: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self._log_tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -143,7 +150,7 @@ class LlamaServer:
             str(self.niceness),
             "llama_cpp.server",
             "--model",
-            str(self.model_path),
+            str(self.served_path or self.model_path),
             "--model_alias",
             LOCAL_MODEL_ALIAS,
             "--host",
@@ -176,14 +183,9 @@ class LlamaServer:
             self.port = _free_port(self.host)
         self._log_tail.clear()
         self._ready = False
-        logger.info(f"Starting llama.cpp server: {self.model_path.name} on {self.base_url}")
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            PARENT_PID_ENV: str(os.getpid()),
-            # Where services.lifetime is, for a checkout that is not installed.
-            _SOURCE_ROOT_ENV: str(Path(__file__).resolve().parents[2]),
-        }
+        served = self.served_path or self.model_path
+        logger.info(f"Starting llama.cpp server: {served.name} on {self.base_url}")
+        env = self._child_env()
         # Started from a thread that lasts as long as this process: the kernel's parent-death
         # signal follows the thread that forked (a session's thread may end first).
         self._process = on_lasting_thread(
@@ -201,13 +203,36 @@ class LlamaServer:
             target=self._drain, args=(self._process,), name="llama-server-log", daemon=True
         ).start()
 
+    def _child_env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            PARENT_PID_ENV: str(os.getpid()),
+            # Where services.lifetime is, for a checkout that is not installed.
+            _SOURCE_ROOT_ENV: str(Path(__file__).resolve().parents[2]),
+        }
+
+    async def _choose_served_path(self) -> None:
+        """Once: the file to serve (a Q4_1 file's Q8_0 copy, made on a worker thread)."""
+        if self.served_path is not None or not self.model_path.is_file():
+            return
+        from services.llm.gguf_requantize import served_gguf_async
+
+        launcher = [sys.executable, "-c", NICE_LAUNCHER, str(self.niceness)]
+        self.served_path = await served_gguf_async(
+            self.model_path, mode=self.requantize, launcher=launcher, env=self._child_env()
+        )
+
     def _drain(self, process: subprocess.Popen) -> None:
         assert process.stdout is not None
         for line in process.stdout:
             line = line.rstrip()
             if line:
                 self._log_tail.append(line)
-                logger.trace(f"llama.cpp: {line}")
+                if "prefix-match" in line or "prompt eval time" in line:
+                    logger.debug(f"llama.cpp: {line}")
+                else:
+                    logger.trace(f"llama.cpp: {line}")
 
     async def ensure_started(self) -> str:
         """Start the server if it is not running and wait until it answers.
@@ -221,6 +246,7 @@ class LlamaServer:
         Raises:
             LlamaServerError: If it cannot start or does not answer in time.
         """
+        await self._choose_served_path()
         with self._lock:
             if not self.running:
                 self._spawn()
@@ -269,7 +295,7 @@ class LlamaServer:
         logger.info(f"llama.cpp server on port {self.port} stopped")
 
 
-_servers: dict[tuple[str, int, int | None, int], LlamaServer] = {}
+_servers: dict[tuple[str, int, int | None, int, str], LlamaServer] = {}
 _servers_lock = threading.Lock()
 
 
@@ -279,14 +305,20 @@ def get_llama_server(
     n_ctx: int = 4096,
     n_threads: int | None = None,
     niceness: int = DEFAULT_NICENESS,
+    requantize: str = "auto",
 ) -> LlamaServer:
-    """The process-wide server for (GGUF, n_ctx, n_threads, niceness); default GGUF when None."""
+    """The process-wide server for (GGUF, n_ctx, n_threads, niceness, requantize).
+
+    The default GGUF when ``model_path`` is None.
+    """
     path = Path(model_path).expanduser() if model_path else default_gguf_path()
-    key = (str(path.resolve()), n_ctx, n_threads, niceness)
+    key = (str(path.resolve()), n_ctx, n_threads, niceness, requantize)
     with _servers_lock:
         server = _servers.get(key)
         if server is None:
-            server = LlamaServer(path, n_ctx=n_ctx, n_threads=n_threads, niceness=niceness)
+            server = LlamaServer(
+                path, n_ctx=n_ctx, n_threads=n_threads, niceness=niceness, requantize=requantize
+            )
             _servers[key] = server
         return server
 
