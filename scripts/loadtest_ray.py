@@ -13,10 +13,17 @@ The issue's targets: ray-1 holds >= 90% of asr-server's N (the Ray path costs <=
 replicas on a machine's shared cores hold no fewer than one. Writes ``report.json`` (every
 trial, the hardware), ``lag.png`` (p99 lag against N per target) and prints a table.
 
+On shared vCPUs one search per target is noisy (the same target's N moved by +-30% between
+runs here), and the host's load drifts over a run. ``--rounds R`` repeats the whole comparison
+R times, in ABBA order (asr-server, ray-1, ray-1, asr-server, ...), so a drift in the host's
+speed weighs on both sides alike; each target's N is then the median over its rounds, and the
+share is that median against asr-server's (each round's own share is listed too).
+
 Usage::
 
     python scripts/loadtest_ray.py --tiny -t 20                       # tiny model, CPU
     python scripts/loadtest_ray.py --tiny -t 15 --ray-replicas 1,2 --limit 256
+    python scripts/loadtest_ray.py --tiny -t 12 --send-ms 160 --rounds 4 --start 128
     python scripts/loadtest_ray.py --model nvidia/nemotron-speech-streaming-en-0.6b \
         --device cuda --dtype bf16 -t 60 --start 64 --limit 4096 --client-procs 8
 
@@ -29,6 +36,7 @@ import argparse
 import asyncio
 import json
 import signal
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -64,15 +72,18 @@ class Target:
     replicas: int  # 0: the plain asr-server
 
 
-def run_target(target: Target, args: argparse.Namespace, model: str, speech, out: Path) -> dict:
+def run_target(
+    target: Target, args: argparse.Namespace, model: str, speech, out: Path, *, round_: int = 1
+) -> dict:
     """``find_max`` against one freshly started target; it is stopped afterwards."""
+    log_name = target.name if args.rounds == 1 else f"{target.name}.r{round_}"
     common = {
         "device": args.device,
         "dtype": args.dtype,
         "chunk_ms": args.chunk_ms,
         "max_streams": args.limit,
         "token": args.token,
-        "log_path": out / f"{target.name}.log",
+        "log_path": out / f"{log_name}.log",
         "torch_threads": args.server_threads or (1 if args.device == "cpu" else None),
     }
     if target.replicas:
@@ -80,7 +91,7 @@ def run_target(target: Target, args: argparse.Namespace, model: str, speech, out
     else:
         server = lt.ServerProcess(model, **common)
     base = lt.TrialConfig.from_args(args, streams=args.start)
-    print(f"\n== {target.name}: starting on {model} ({args.device}, {args.dtype}) ...")
+    print(f"\n== {log_name}: starting on {model} ({args.device}, {args.dtype}) ...")
     started = time.perf_counter()
     server.start()
     print(f"   serving in {time.perf_counter() - started:.1f} s at {server.url}")
@@ -92,13 +103,21 @@ def run_target(target: Target, args: argparse.Namespace, model: str, speech, out
                 speech,
                 start=args.start,
                 limit=args.limit,
-                log=lambda line: print(f"   {target.name} {line}"),
+                log=lambda line: print(f"   {log_name} {line}"),
                 restart=lambda: asyncio.to_thread(server.restart),
             )
         )
     finally:
         server.stop()
-    return {"target": target.name, "replicas": target.replicas, **report}
+    return {"target": target.name, "replicas": target.replicas, "round": round_, **report}
+
+
+def round_order(targets: list[Target], rounds: int) -> list[tuple[int, Target]]:
+    """ABBA order: odd rounds run the targets as given, even rounds in reverse."""
+    order = []
+    for r in range(1, rounds + 1):
+        order += [(r, t) for t in (targets if r % 2 else targets[::-1])]
+    return order
 
 
 def write_png(results: list[dict], path: Path) -> Path | None:
@@ -111,12 +130,14 @@ def write_png(results: list[dict], path: Path) -> Path | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for i, result in enumerate(results):
+    names = list(dict.fromkeys(r["target"] for r in results))
+    for result in results:
         trials = sorted(result["trials"], key=lambda t: t["config"]["streams"])
         ns = [t["config"]["streams"] for t in trials]
-        color = f"C{i}"
-        ax.plot(ns, [t["lag_s"]["p99"] or 0 for t in trials], "o-", color=color,
-                label=f"{result['target']} (max N {result['max_streams_no_drift']})")  # fmt: skip
+        color = f"C{names.index(result['target'])}"
+        label = f"{result['target']} r{result.get('round', 1)}"
+        ax.plot(ns, [t["lag_s"]["p99"] or 0 for t in trials], "o-", color=color, alpha=0.8,
+                label=f"{label} (max N {result['max_streams_no_drift']})")  # fmt: skip
         for t in trials:
             if not t["ok"]:
                 ax.plot(t["config"]["streams"], t["lag_s"]["p99"] or 0, "x", color=color, ms=10)
@@ -133,21 +154,33 @@ def write_png(results: list[dict], path: Path) -> Path | None:
 
 
 def summary(results: list[dict]) -> list[dict[str, Any]]:
-    plain = next((r for r in results if not r["replicas"]), None)
-    rows = []
+    """One row per target: its N in each round, their median, and the share of asr-server's."""
+    by_target: dict[str, list[dict]] = {}
     for r in results:
-        best = r["max_streams_no_drift"]
-        share = (
-            best / plain["max_streams_no_drift"]
-            if plain and plain["max_streams_no_drift"]
+        by_target.setdefault(r["target"], []).append(r)
+    plain = next((rs for rs in by_target.values() if not rs[0]["replicas"]), None)
+    plain_by_round = {r.get("round", 1): r["max_streams_no_drift"] for r in plain or []}
+    plain_median = statistics.median(plain_by_round.values()) if plain_by_round else None
+    rows = []
+    for name, rs in by_target.items():
+        ns = [r["max_streams_no_drift"] for r in rs]
+        best = statistics.median(ns)
+        share = best / plain_median if plain_median else None
+        per_round = [
+            round(r["max_streams_no_drift"] / plain_by_round[r.get("round", 1)], 3)
+            if plain_by_round.get(r.get("round", 1))
             else None
-        )
+            for r in rs
+        ]
+        top = max(rs, key=lambda r: r["max_streams_no_drift"])
         rows.append(
             {
-                "target": r["target"],
-                "max_streams_no_drift": best,
-                "first_failing": r["first_failing"],
-                "p99_lag_at_max_s": r["p99_lag_at_max_s"],
+                "target": name,
+                "max_streams_no_drift": int(best) if best == int(best) else best,
+                "per_round": ns,
+                "share_per_round": per_round,
+                "first_failing": top["first_failing"],
+                "p99_lag_at_max_s": top["p99_lag_at_max_s"],
                 "share_of_asr_server": round(share, 3) if share is not None else None,
             }
         )
@@ -174,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-threads", type=int, default=None)
     parser.add_argument("--client-procs", type=int, default=1)
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the comparison, ABBA order; N per target = median over rounds",
+    )
+    parser.add_argument(
         "--out", default=None, help="output folder (default loadtest-out/ray-<time>)"
     )
     args = parser.parse_args(argv)
@@ -187,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     # A plain `kill` must still stop the target running (its finally).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     hardware = lt.hardware()
-    results = [run_target(t, args, model, speech, out) for t in targets]
+    results = [
+        run_target(t, args, model, speech, out, round_=r)
+        for r, t in round_order(targets, max(1, args.rounds))
+    ]
     rows = summary(results)
     report = {
         "benchmark": "loadtest_ray",
@@ -195,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "engine": {"device": args.device, "dtype": args.dtype, "chunk_ms": args.chunk_ms},
         "speech": source,
         "trial_s": args.duration,
+        "rounds": max(1, args.rounds),
         "hardware": hardware,
         "summary": rows,
         "targets": results,
@@ -202,17 +245,20 @@ def main(argv: list[str] | None = None) -> int:
     (out / "report.json").write_text(json.dumps(report, indent=1))
     png = write_png(results, out / "lag.png")
     for result in results:
-        print(f"\n{result['target']}:")
+        print(f"\n{result['target']} (round {result['round']}):")
         print(lt.table(result["trials"]))
     print(
-        f"\n{'target':<12} {'max N':>6} {'first failing':>14} {'p99 lag':>8} {'vs asr-server':>14}"
+        f"\n{'target':<12} {'max N':>6} {'per round':>18} {'p99 lag':>8} {'vs asr-server':>14}"
+        f" {'per round':>18}"
     )
     for row in rows:
         share = row["share_of_asr_server"]
+        rounds = ",".join(str(n) for n in row["per_round"])
+        shares = ",".join(f"{x:.0%}" if x is not None else "-" for x in row["share_per_round"])
         print(
-            f"{row['target']:<12} {row['max_streams_no_drift']:>6} "
-            f"{str(row['first_failing']):>14} {lt._fmt(row['p99_lag_at_max_s']):>8} "
-            f"{(f'{share:.0%}' if share is not None else '-'):>14}"
+            f"{row['target']:<12} {row['max_streams_no_drift']:>6} {rounds:>18} "
+            f"{lt._fmt(row['p99_lag_at_max_s']):>8} "
+            f"{(f'{share:.0%}' if share is not None else '-'):>14} {shares:>18}"
         )
     print(f"\nreport: {out / 'report.json'}" + (f", plot: {png}" if png else ""))
     ray_one = next((r for r in rows if r["target"] == "ray-1"), None)
