@@ -32,12 +32,14 @@ def test_serve_reads_the_lean_values_at_import():
     code = (
         "import json; from services.asr.serve import ray_env; ray_env.apply(); "
         "from ray.serve._private import constants as c; "
-        "print(json.dumps([c.CONTROL_LOOP_INTERVAL_S, c.RAY_SERVE_METRICS_EXPORT_INTERVAL_MS]))"
+        "print(json.dumps([c.CONTROL_LOOP_INTERVAL_S, c.RAY_SERVE_METRICS_EXPORT_INTERVAL_MS, "
+        "c.RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD]))"
     )
     env = {k: v for k, v in os.environ.items() if k not in ray_env.LEAN_ENV}
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
-    loop_s, export_ms = json.loads(out.stdout.strip().splitlines()[-1])
+    loop_s, export_ms, separate_thread = json.loads(out.stdout.strip().splitlines()[-1])
     assert loop_s == float(ray_env.LEAN_ENV["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"])
     assert export_ms == int(ray_env.LEAN_ENV["RAY_SERVE_METRICS_EXPORT_INTERVAL_MS"])
+    assert separate_thread is False  # replica code on Serve's own event loop
