@@ -120,6 +120,7 @@ class LLMSettings(_Section):
     # agent's audio path wins a CPU both share.
     n_ctx: int = Field(4096, ge=256)
     n_threads: int | None = Field(None, ge=1)
+    n_threads_batch: int | None = Field(None, ge=1)
     niceness: int = Field(10, ge=0, le=19)
     # "auto": the embedded server serves a Q4_1 GGUF as a Q8_0 copy it makes once in the cache
     # (llama.cpp's CPU kernels prefill it ~1.7x faster, with the same answers); "off": as is.

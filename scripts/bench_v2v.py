@@ -72,8 +72,11 @@ STAGES: list[tuple[str, str, tuple[str, ...]]] = [
 ]
 MODEL_STAGES = ("vad_wait", "stt", "llm", "tts")
 PERCENTILES = (50, 90, 99)
-# Replies are capped when the bench starts the agent, so turns stay short; pass --set to change.
-DEFAULT_OVERRIDES = {"llm.max_tokens": "60"}
+# When the bench starts the agent, replies are capped so turns stay short, and greedy so two
+# runs (two builds, two settings) hear the same replies: at temperature 0.7 a reply's first
+# clause ("Sure, " or a 40-character sentence) differed from run to run, and with it the wait
+# for the TTS's first words. Pass --set to change either (llm.temperature=0.7 is the default).
+DEFAULT_OVERRIDES = {"llm.max_tokens": "60", "llm.temperature": "0"}
 # Issue 14's targets for the cpu profile on two cores (ms).
 TARGETS_MS = {"p50": 700, "p90": 1000, "max": 1500, "barge_in_stop_max": 150}
 VERDICTS_FILE = "smart_turn_verdicts.json"
@@ -776,7 +779,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="config override for the started agent (default llm.max_tokens=60)",
+        help="config override of the started agent (default llm.max_tokens=60, llm.temperature=0)",
     )
     parser.add_argument(
         "--sessions", type=int, default=1, help="WebRTC clients talking at once (default 1)"

@@ -34,6 +34,7 @@ def server_for(settings: AgentSettings):
         llm.gguf_path,
         n_ctx=llm.n_ctx,
         n_threads=llm.n_threads,
+        n_threads_batch=llm.n_threads_batch,
         niceness=llm.niceness,
         requantize=llm.requantize,
     )

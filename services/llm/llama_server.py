@@ -92,6 +92,7 @@ class LlamaServer:
         *,
         n_ctx: int = 4096,
         n_threads: int | None = None,
+        n_threads_batch: int | None = None,
         niceness: int = DEFAULT_NICENESS,
         host: str = "127.0.0.1",
         port: int | None = None,
@@ -104,7 +105,8 @@ class LlamaServer:
         Args:
             model_path: The GGUF file to serve.
             n_ctx: Context length in tokens.
-            n_threads: CPU threads for generation (None: llama.cpp's default).
+            n_threads: CPU threads for generation, one token at a time (None: every core).
+            n_threads_batch: CPU threads for prompt processing (None: every core).
             niceness: CPU niceness the server runs at (0: the agent's own priority).
             host: Interface to bind; loopback by default.
             port: Port to bind; None picks a free one.
@@ -117,6 +119,7 @@ class LlamaServer:
         self.model_path = Path(model_path).expanduser()
         self.n_ctx = n_ctx
         self.n_threads = n_threads
+        self.n_threads_batch = n_threads_batch
         self.niceness = niceness
         self.host = host
         self.port = port
@@ -161,8 +164,9 @@ class LlamaServer:
             str(self.n_ctx),
         ]
         # llama.cpp defaults to half the cores (1 of 2 here): use every core we may run on.
-        threads = self.n_threads or max(1, len(os.sched_getaffinity(0)))
-        cmd += ["--n_threads", str(threads)]
+        cores = max(1, len(os.sched_getaffinity(0)))
+        cmd += ["--n_threads", str(self.n_threads or cores)]
+        cmd += ["--n_threads_batch", str(self.n_threads_batch or cores)]
         # llama_cpp.server serves one completion at a time and by default ends the one in
         # flight (a role chunk, then [DONE]) as soon as another arrives: with several sessions
         # talking at once, their replies came back empty. Without interruption, requests wait
@@ -304,20 +308,26 @@ def get_llama_server(
     *,
     n_ctx: int = 4096,
     n_threads: int | None = None,
+    n_threads_batch: int | None = None,
     niceness: int = DEFAULT_NICENESS,
     requantize: str = "auto",
 ) -> LlamaServer:
-    """The process-wide server for (GGUF, n_ctx, n_threads, niceness, requantize).
+    """The process-wide server for (GGUF, n_ctx, threads, niceness, requantize).
 
     The default GGUF when ``model_path`` is None.
     """
     path = Path(model_path).expanduser() if model_path else default_gguf_path()
-    key = (str(path.resolve()), n_ctx, n_threads, niceness, requantize)
+    key = (str(path.resolve()), n_ctx, n_threads, n_threads_batch, niceness, requantize)
     with _servers_lock:
         server = _servers.get(key)
         if server is None:
             server = LlamaServer(
-                path, n_ctx=n_ctx, n_threads=n_threads, niceness=niceness, requantize=requantize
+                path,
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_threads_batch=n_threads_batch,
+                niceness=niceness,
+                requantize=requantize,
             )
             _servers[key] = server
         return server

@@ -44,6 +44,23 @@ def test_command_binds_loopback_and_names_the_model(tmp_path):
     assert server.base_url == "http://127.0.0.1:5555/v1"
 
 
+def test_generation_and_prompt_threads_come_from_the_settings(tmp_path):
+    from pipelines.backends.llm_local import server_for
+
+    gguf = tmp_path / "m.gguf"
+    cmd = server_for(local_settings(gguf_path=str(gguf), n_threads="1", n_threads_batch="2"))
+    cmd = cmd.command()
+    assert cmd[cmd.index("--n_threads") + 1] == "1"
+    assert cmd[cmd.index("--n_threads_batch") + 1] == "2"
+    # Unset, both use every core the agent may run on (llama.cpp's own default is half).
+    cores = str(len(os.sched_getaffinity(0)))
+    cmd = LlamaServer(gguf).command()
+    assert (cmd[cmd.index("--n_threads") + 1], cmd[cmd.index("--n_threads_batch") + 1]) == (
+        cores,
+        cores,
+    )
+
+
 def test_at_the_agents_own_priority_the_server_still_starts_through_the_launcher(tmp_path):
     # The launcher also ties the server's life to the agent's (services/lifetime.py).
     cmd = LlamaServer(tmp_path / "m.gguf", niceness=0).command()
