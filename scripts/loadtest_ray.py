@@ -19,11 +19,19 @@ R times, in ABBA order (asr-server, ray-1, ray-1, asr-server, ...), so a drift i
 speed weighs on both sides alike; each target's N is then the median over its rounds, and the
 share is that median against asr-server's (each round's own share is listed too).
 
+``--cpu-at N`` measures cost instead of capacity: each target serves N streams for one trial,
+and the CPU time of its whole process tree (front end, engine, HAProxy, Ray's daemons) is read
+from ``/proc`` over the trial's steady part. It reports cores per process and CPU milliseconds
+per stream-second; the share is that cost against asr-server's (1.10: the Ray path costs 10%
+more). At an N every target holds, this moved by a few percent between runs where the
+largest N moved by tens.
+
 Usage::
 
     python scripts/loadtest_ray.py --tiny -t 20                       # tiny model, CPU
     python scripts/loadtest_ray.py --tiny -t 15 --ray-replicas 1,2 --limit 256
     python scripts/loadtest_ray.py --tiny -t 12 --send-ms 160 --rounds 4 --start 128
+    python scripts/loadtest_ray.py --tiny -t 20 --send-ms 160 --ray-replicas 1,2 --cpu-at 192
     python scripts/loadtest_ray.py --model nvidia/nemotron-speech-streaming-en-0.6b \
         --device cuda --dtype bf16 -t 60 --start 64 --limit 4096 --client-procs 8
 
@@ -47,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import loadtest_asr as lt  # noqa: E402
+import proc_cpu  # noqa: E402
 
 # Targets below this share of the plain server's N miss the issue's target (<= 10% cost).
 RAY_TARGET = 0.9
@@ -95,6 +104,14 @@ def run_target(
     started = time.perf_counter()
     server.start()
     print(f"   serving in {time.perf_counter() - started:.1f} s at {server.url}")
+    if args.cpu_at:
+        try:
+            cost = asyncio.run(
+                cpu_trial(server, base, speech, log=lambda line: print(f"   {log_name} {line}"))
+            )
+        finally:
+            server.stop()
+        return {"target": target.name, "replicas": target.replicas, "round": round_, **cost}
     try:
         report = asyncio.run(
             lt.find_max(
@@ -110,6 +127,93 @@ def run_target(
     finally:
         server.stop()
     return {"target": target.name, "replicas": target.replicas, "round": round_, **report}
+
+
+async def cpu_trial(server: lt.ServerProcess, cfg: lt.TrialConfig, speech, *, log) -> dict:
+    """One trial at ``cfg.streams`` with the server tree's CPU read over its steady part.
+
+    The window opens a second after the warm-up and closes a second before the trial's end,
+    while every client is streaming.
+    """
+    if server.proc is None:
+        raise RuntimeError("the target is not running")
+    window = proc_cpu.CpuWindow(server.proc.pid)
+    steady_s = cfg.duration - cfg.warmup_s - 2.0
+    if steady_s < 2.0:
+        raise SystemExit("--cpu-at needs -t at least --warmup + 4 s")
+
+    async def measure() -> None:
+        await asyncio.sleep(cfg.warmup_s + 1.0)
+        window.start()
+        await asyncio.sleep(steady_s)
+        window.stop()
+
+    measuring = asyncio.create_task(measure())
+    trial = await lt.run_trial(server.url, cfg, speech, log=log)
+    await measuring
+    cpu = dict(window.result)
+    cpu["ms_per_stream_s"] = round(1000 * cpu["tree_cores"] / cfg.streams, 3)
+    log(
+        f"CPU {cpu['tree_cores']:.2f} cores ({cpu['ms_per_stream_s']:.2f} ms per stream-second), "
+        f"host busy {cpu['host_busy_cores']:.2f} cores: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in list(cpu["cores_by_process"].items())[:6])
+    )
+    return {"streams": cfg.streams, "ok": trial["ok"], "cpu": cpu, "trial": trial}
+
+
+def cpu_summary(results: list[dict]) -> list[dict[str, Any]]:
+    """One row per target: its cost per round, the median, and the ratio to asr-server's."""
+    by_target: dict[str, list[dict]] = {}
+    for r in results:
+        by_target.setdefault(r["target"], []).append(r)
+    plain = next((rs for rs in by_target.values() if not rs[0]["replicas"]), None)
+    plain_cost = statistics.median(r["cpu"]["ms_per_stream_s"] for r in plain) if plain else None
+    rows = []
+    for name, rs in by_target.items():
+        costs = [r["cpu"]["ms_per_stream_s"] for r in rs]
+        cost = statistics.median(costs)
+        processes: dict[str, list[float]] = {}
+        for r in rs:
+            for label, cores in r["cpu"]["cores_by_process"].items():
+                processes.setdefault(label, []).append(cores)
+        rows.append(
+            {
+                "target": name,
+                "streams": rs[0]["streams"],
+                "ms_per_stream_s": round(cost, 3),
+                "per_round": costs,
+                "tree_cores": round(statistics.median(r["cpu"]["tree_cores"] for r in rs), 3),
+                "host_busy_cores": round(
+                    statistics.median(r["cpu"]["host_busy_cores"] for r in rs), 3
+                ),
+                # Median over the rounds a process was seen in (a process absent from a round
+                # used nothing there).
+                "cores_by_process": {
+                    label: round(statistics.median(v + [0.0] * (len(rs) - len(v))), 3)
+                    for label, v in sorted(processes.items(), key=lambda kv: -sum(kv[1]))
+                },
+                "all_ok": all(r["ok"] for r in rs),
+                "cost_vs_asr_server": round(cost / plain_cost, 3) if plain_cost else None,
+            }
+        )
+    return rows
+
+
+def print_cpu_rows(rows: list[dict]) -> None:
+    print(
+        f"\n{'target':<12} {'N':>5} {'cores':>6} {'ms/stream-s':>12} {'per round':>18} "
+        f"{'vs asr-server':>14}  heaviest processes (cores)"
+    )
+    for row in rows:
+        ratio = row["cost_vs_asr_server"]
+        rounds = ",".join(f"{x:.2f}" for x in row["per_round"])
+        heavy = ", ".join(f"{k} {v:.2f}" for k, v in list(row["cores_by_process"].items())[:4])
+        flag = "" if row["all_ok"] else " (a trial drifted)"
+        print(
+            f"{row['target']:<12} {row['streams']:>5} {row['tree_cores']:>6.2f} "
+            f"{row['ms_per_stream_s']:>12.2f} {rounds:>18} "
+            f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>14}  {heavy}{flag}"
+        )
 
 
 def round_order(targets: list[Target], rounds: int) -> list[tuple[int, Target]]:
@@ -213,6 +317,13 @@ def main(argv: list[str] | None = None) -> int:
         help="repeat the comparison, ABBA order; N per target = median over rounds",
     )
     parser.add_argument(
+        "--cpu-at",
+        type=int,
+        default=None,
+        metavar="N",
+        help="measure each target's CPU cost at N streams instead of its largest N",
+    )
+    parser.add_argument(
         "--out", default=None, help="output folder (default loadtest-out/ray-<time>)"
     )
     args = parser.parse_args(argv)
@@ -226,10 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     # A plain `kill` must still stop the target running (its finally).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     hardware = lt.hardware()
+    if args.cpu_at:
+        args.start = args.cpu_at  # the trial's N
     results = [
         run_target(t, args, model, speech, out, round_=r)
         for r, t in round_order(targets, max(1, args.rounds))
     ]
+    if args.cpu_at:
+        return report_cpu(args, model, source, hardware, results, out)
     rows = summary(results)
     report = {
         "benchmark": "loadtest_ray",
@@ -266,6 +381,57 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "meets" if ray_one["share_of_asr_server"] >= RAY_TARGET else "misses"
         print(f"ray-1 {verdict} the target of >= {RAY_TARGET:.0%} of asr-server's N")
     return 0
+
+
+def report_cpu(
+    args, model: str, source: str, hardware: dict, results: list[dict], out: Path
+) -> int:
+    """Write and print ``--cpu-at``'s report."""
+    rows = cpu_summary(results)
+    report = {
+        "benchmark": "loadtest_ray --cpu-at",
+        "model": "tiny" if args.tiny else model,
+        "engine": {"device": args.device, "dtype": args.dtype, "chunk_ms": args.chunk_ms},
+        "speech": source,
+        "streams": args.cpu_at,
+        "trial_s": args.duration,
+        "rounds": max(1, args.rounds),
+        "hardware": hardware,
+        "summary": rows,
+        "targets": results,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    png = write_cpu_png(rows, out / "cpu.png")
+    print_cpu_rows(rows)
+    print(f"\nreport: {out / 'report.json'}" + (f", plot: {png}" if png else ""))
+    return 0
+
+
+def write_cpu_png(rows: list[dict], path: Path) -> Path | None:
+    """Cores per process, stacked, one bar per target."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    labels = list(dict.fromkeys(k for row in rows for k in row["cores_by_process"]))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    bottoms = [0.0] * len(rows)
+    names = [f"{row['target']}\n{row['ms_per_stream_s']:.2f} ms/stream-s" for row in rows]
+    for i, label in enumerate(labels):
+        values = [row["cores_by_process"].get(label, 0.0) for row in rows]
+        ax.bar(names, values, bottom=bottoms, label=label, color=f"C{i % 10}")
+        bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
+    ax.set_ylabel("cores (CPU seconds per second)")
+    ax.set_title(f"CPU of each target's process tree at {rows[0]['streams']} streams")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

@@ -7,7 +7,11 @@ its searches into the reported share, on search results written out by hand.
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,3 +87,84 @@ def test_one_round_reports_as_before():
         ("asr-server", 176, 1.0),
         ("ray-1", 112, 0.636),
     ]
+
+
+def cost(target: str, replicas: int, round_: int, ms: float, processes: dict) -> dict:
+    cores = ms * 100 / 1000  # at 100 streams
+    return {
+        "target": target,
+        "replicas": replicas,
+        "round": round_,
+        "streams": 100,
+        "ok": round_ != 2 or target != "ray-2",
+        "cpu": {
+            "tree_cores": cores,
+            "host_busy_cores": cores + 0.2,
+            "ms_per_stream_s": ms,
+            "cores_by_process": processes,
+        },
+    }
+
+
+def test_the_cpu_cost_is_the_median_over_rounds_against_asr_servers():
+    lt = loadtest_ray()
+    results = [
+        cost("asr-server", 0, 1, 6.0, {"python (multiprocessing child)": 0.5, "python": 0.1}),
+        cost("ray-2", 2, 1, 9.0, {"python (multiprocessing child)": 0.7, "haproxy": 0.1}),
+        cost("ray-2", 2, 2, 10.0, {"python (multiprocessing child)": 0.8}),
+        cost("asr-server", 0, 2, 7.0, {"python (multiprocessing child)": 0.6, "python": 0.1}),
+        cost("asr-server", 0, 3, 6.5, {"python (multiprocessing child)": 0.55, "python": 0.1}),
+        cost("ray-2", 2, 3, 8.0, {"python (multiprocessing child)": 0.6, "haproxy": 0.2}),
+    ]
+    rows = {row["target"]: row for row in lt.cpu_summary(results)}
+    assert rows["asr-server"]["ms_per_stream_s"] == 6.5
+    assert rows["asr-server"]["cost_vs_asr_server"] == 1.0
+    ray2 = rows["ray-2"]
+    assert ray2["per_round"] == [9.0, 10.0, 8.0]
+    assert ray2["ms_per_stream_s"] == 9.0
+    assert ray2["cost_vs_asr_server"] == round(9.0 / 6.5, 3)
+    assert ray2["tree_cores"] == 0.9 and ray2["host_busy_cores"] == 1.1
+    # A process missing from a round used nothing in it: HAProxy's median is over 0.1, 0, 0.2.
+    assert ray2["cores_by_process"] == {"python (multiprocessing child)": 0.7, "haproxy": 0.1}
+    assert ray2["all_ok"] is False and rows["asr-server"]["all_ok"] is True
+
+
+def test_a_process_trees_cpu_is_read_from_proc_by_process():
+    """A real parent and its busy multiprocessing-style child are read; this process is not."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import proc_cpu
+
+    busy = textwrap.dedent(
+        """
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c",
+            "import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.6: pass\\n"
+            "time.sleep(30)", "multiprocessing.spawn"])
+        time.sleep(30)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", busy])
+    try:
+        time_window = proc_cpu.CpuWindow(parent.pid)
+        time_window.start()
+        deadline = time.monotonic() + 20
+        tree = proc_cpu.process_tree(parent.pid)
+        while len(tree) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+            tree = proc_cpu.process_tree(parent.pid)
+        assert os.getpid() not in tree
+        time.sleep(1.5)  # the child's 0.6 s of CPU, then it sleeps
+        result = time_window.stop()
+    finally:
+        for pid in proc_cpu.process_tree(parent.pid)[1:]:
+            os.kill(pid, 9)
+        parent.kill()
+        parent.wait()
+    assert result["wall_s"] >= 1.5
+    child_s = sum(
+        cores * result["wall_s"]
+        for label, cores in result["cores_by_process"].items()
+        if label.endswith("(multiprocessing child)")
+    )
+    assert child_s >= 0.3, result
+    assert result["tree_cores"] * result["wall_s"] >= 0.3
