@@ -84,7 +84,10 @@ class Target:
 def run_target(
     target: Target, args: argparse.Namespace, model: str, speech, out: Path, *, round_: int = 1
 ) -> dict:
-    """``find_max`` against one freshly started target; it is stopped afterwards."""
+    """``find_max`` (or, with ``--cpu-at``, one costed trial) against one freshly started target.
+
+    The target is stopped afterwards.
+    """
     log_name = target.name if args.rounds == 1 else f"{target.name}.r{round_}"
     common = {
         "device": args.device,
@@ -338,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     hardware = lt.hardware()
     if args.cpu_at:
-        args.start = args.cpu_at  # the trial's N
+        args.start = args.cpu_at  # the trial's N, within the targets' stream limit
+        args.limit = max(args.limit, args.cpu_at)
     results = [
         run_target(t, args, model, speech, out, round_=r)
         for r, t in round_order(targets, max(1, args.rounds))
