@@ -662,8 +662,13 @@ class ServerProcess:
     ):
         self.port = free_port()
         self.token = token
-        # Not `python -m agent.cli`: run as __main__, its EXTRA_COMMANDS is a second copy.
-        entry = "import sys; from agent.cli import main; sys.exit(main())"
+        # Not `python -m agent.cli`: run as __main__, its EXTRA_COMMANDS is a second copy. The
+        # server dies with this process, however it dies (the server's own children die with
+        # the server): a crashed or killed load test leaves no server running under the next.
+        entry = (
+            "import sys; from services.lifetime import die_with_parent; "
+            f"die_with_parent({os.getpid()}); from agent.cli import main; sys.exit(main())"
+        )
         self.args = [
             sys.executable, "-c", entry, "asr-server", "--profile", "cpu",
             "--env-file", os.devnull, "--model", model, "--device", device, "--dtype", dtype,
@@ -686,7 +691,13 @@ class ServerProcess:
 
     def start(self, timeout: float = 300.0) -> None:
         log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        from services.lifetime import on_lasting_thread
+
+        # From a thread that lives as long as this process: the kernel's parent-death signal
+        # follows the thread that forked (restart() runs on a worker thread).
+        self.proc = on_lasting_thread(
+            lambda: subprocess.Popen(self.args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -7,11 +7,13 @@ its own process) is marked slow: ``pytest -m slow tests/asr_server/test_load.py`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +173,57 @@ async def test_cli_server_with_two_front_ends_shares_one_engine(tmp_path):
     text = log.read_text()
     assert "2 front-end processes" in text and "ASR front end 1 serving" in text
     assert "Shutting down the ASR server" in text
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left for a reaper that never comes counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_load_test_takes_its_server_and_engine_with_it(tmp_path):
+    """SIGKILL on the load test (no clean-up of its own runs): its server and engine still go."""
+    script = str(ROOT / "scripts/loadtest_asr.py")
+    driver_code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('lt', {script!r})\n"
+        "lt = importlib.util.module_from_spec(spec); sys.modules['lt'] = lt\n"
+        "spec.loader.exec_module(lt)\n"
+        "server = lt.ServerProcess(str(lt.tiny_model_path()), torch_threads=1,\n"
+        f"    log_path=__import__('pathlib').Path({str(tmp_path / 'server.log')!r}))\n"
+        "server.start()\n"
+        "print(server.proc.pid, flush=True)\n"
+        "__import__('time').sleep(300)\n"
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-c", driver_code], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    below: list[int] = []
+    try:
+        server_pid = int(driver.stdout.readline())
+        below.append(server_pid)  # the server and its engine process
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                if int(stat[stat.rfind(")") + 2 :].split()[1]) == server_pid:
+                    below.append(int(entry))
+        assert len(below) >= 2, "the server's engine process was not found"
+        driver.kill()
+        driver.wait()
+        deadline = time.monotonic() + 15
+        while any(_alive(pid) for pid in below) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in below if _alive(pid)], (tmp_path / "server.log").read_text()
+    finally:
+        driver.kill()
+        for pid in below:  # what a failure left behind
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
