@@ -168,3 +168,33 @@ def test_a_process_trees_cpu_is_read_from_proc_by_process():
     )
     assert child_s >= 0.3, result
     assert result["tree_cores"] * result["wall_s"] >= 0.3
+
+
+async def test_a_costed_trial_reads_the_real_servers_process_tree(tmp_path):
+    """``--cpu-at``'s trial against a real tiny-model asr-server: its engine process is costed."""
+    import numpy as np
+
+    from tests.asr_server.tiny import speechlike_pcm
+
+    lt = loadtest_ray()
+    clips = [np.frombuffer(speechlike_pcm(s, seed=i), "<i2") for i, s in enumerate((2.0, 2.5))]
+    server = lt.lt.ServerProcess(
+        str(lt.lt.tiny_model_path()), torch_threads=1, log_path=tmp_path / "server.log"
+    )
+    server.start()
+    try:
+        cfg = lt.lt.TrialConfig(streams=4, duration=7.0, warmup_s=1.0, send_ms=160)
+        cost = await lt.cpu_trial(server, cfg, clips, log=print)
+    finally:
+        server.stop()
+    assert cost["streams"] == 4 and cost["trial"]["clients"]["completed"] == 4
+    cpu = cost["cpu"]
+    assert 3.5 <= cpu["wall_s"] <= 5.0  # from warm-up + 1 s to the trial's end - 1 s
+    engine = sum(
+        cores
+        for label, cores in cpu["cores_by_process"].items()
+        if label.endswith("(multiprocessing child)")
+    )
+    assert engine > 0.0, cpu  # the engine process did the model's work
+    assert cpu["tree_cores"] >= engine
+    assert cpu["ms_per_stream_s"] == round(1000 * cpu["tree_cores"] / 4, 3)
