@@ -58,6 +58,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from services.asr.server.client import ASRClient, http_get  # noqa: E402
+from services.lifetime import on_lasting_thread  # noqa: E402
 
 SAMPLE_RATE = 16000
 CACHE_DIR = Path(os.environ.get("VOICE_AGENT_CACHE", "~/.cache/voice-agent")).expanduser()
@@ -691,8 +692,6 @@ class ServerProcess:
 
     def start(self, timeout: float = 300.0) -> None:
         log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        from services.lifetime import on_lasting_thread
-
         # From a thread that lives as long as this process: the kernel's parent-death signal
         # follows the thread that forked (restart() runs on a worker thread).
         self.proc = on_lasting_thread(

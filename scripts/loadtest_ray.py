@@ -107,26 +107,24 @@ def run_target(
     started = time.perf_counter()
     server.start()
     print(f"   serving in {time.perf_counter() - started:.1f} s at {server.url}")
+
+    def log(line: str) -> None:
+        print(f"   {log_name} {line}")
+
     if args.cpu_at:
-        try:
-            cost = asyncio.run(
-                cpu_trial(server, base, speech, log=lambda line: print(f"   {log_name} {line}"))
-            )
-        finally:
-            server.stop()
-        return {"target": target.name, "replicas": target.replicas, "round": round_, **cost}
-    try:
-        report = asyncio.run(
-            lt.find_max(
-                server.url,
-                base,
-                speech,
-                start=args.start,
-                limit=args.limit,
-                log=lambda line: print(f"   {log_name} {line}"),
-                restart=lambda: asyncio.to_thread(server.restart),
-            )
+        measured = cpu_trial(server, base, speech, log=log)
+    else:
+        measured = lt.find_max(
+            server.url,
+            base,
+            speech,
+            start=args.start,
+            limit=args.limit,
+            log=log,
+            restart=lambda: asyncio.to_thread(server.restart),
         )
+    try:
+        report = asyncio.run(measured)
     finally:
         server.stop()
     return {"target": target.name, "replicas": target.replicas, "round": round_, **report}
@@ -165,15 +163,21 @@ async def cpu_trial(server: lt.ServerProcess, cfg: lt.TrialConfig, speech, *, lo
     return {"streams": cfg.streams, "ok": trial["ok"], "cpu": cpu, "trial": trial}
 
 
+def by_target(results: list[dict]) -> tuple[dict[str, list[dict]], list[dict] | None]:
+    """Each target's results in run order, and the plain asr-server's (None if not measured)."""
+    grouped: dict[str, list[dict]] = {}
+    for r in results:
+        grouped.setdefault(r["target"], []).append(r)
+    plain = next((rs for rs in grouped.values() if not rs[0]["replicas"]), None)
+    return grouped, plain
+
+
 def cpu_summary(results: list[dict]) -> list[dict[str, Any]]:
     """One row per target: its cost per round, the median, and the ratio to asr-server's."""
-    by_target: dict[str, list[dict]] = {}
-    for r in results:
-        by_target.setdefault(r["target"], []).append(r)
-    plain = next((rs for rs in by_target.values() if not rs[0]["replicas"]), None)
+    grouped, plain = by_target(results)
     plain_cost = statistics.median(r["cpu"]["ms_per_stream_s"] for r in plain) if plain else None
     rows = []
-    for name, rs in by_target.items():
+    for name, rs in grouped.items():
         costs = [r["cpu"]["ms_per_stream_s"] for r in rs]
         cost = statistics.median(costs)
         processes: dict[str, list[float]] = {}
@@ -228,14 +232,22 @@ def round_order(targets: list[Target], rounds: int) -> list[tuple[int, Target]]:
     return order
 
 
-def write_png(results: list[dict], path: Path) -> Path | None:
-    """p99 lag against N, one series per target, with each target's largest N."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend, or None when matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def write_png(results: list[dict], path: Path) -> Path | None:
+    """p99 lag against N, one series per target, with each target's largest N."""
+    plt = _pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5))
     names = list(dict.fromkeys(r["target"] for r in results))
@@ -263,14 +275,11 @@ def write_png(results: list[dict], path: Path) -> Path | None:
 
 def summary(results: list[dict]) -> list[dict[str, Any]]:
     """One row per target: its N in each round, their median, and the share of asr-server's."""
-    by_target: dict[str, list[dict]] = {}
-    for r in results:
-        by_target.setdefault(r["target"], []).append(r)
-    plain = next((rs for rs in by_target.values() if not rs[0]["replicas"]), None)
+    grouped, plain = by_target(results)
     plain_by_round = {r.get("round", 1): r["max_streams_no_drift"] for r in plain or []}
     plain_median = statistics.median(plain_by_round.values()) if plain_by_round else None
     rows = []
-    for name, rs in by_target.items():
+    for name, rs in grouped.items():
         ns = [r["max_streams_no_drift"] for r in rs]
         best = statistics.median(ns)
         share = best / plain_median if plain_median else None
@@ -414,12 +423,8 @@ def report_cpu(
 
 def write_cpu_png(rows: list[dict], path: Path) -> Path | None:
     """Cores per process, stacked, one bar per target."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
     labels = list(dict.fromkeys(k for row in rows for k in row["cores_by_process"]))
     fig, ax = plt.subplots(figsize=(10, 4.5))

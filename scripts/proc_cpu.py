@@ -19,7 +19,6 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 class ProcTimes:
     """One process at one moment: its label and CPU seconds (user + system) so far."""
 
-    pid: int
     label: str
     cpu_s: float
 
@@ -35,21 +34,32 @@ def _stat_fields(pid: int) -> tuple[str, list[str]] | None:
     return stat[stat.find("(") + 1 : close], stat[close + 2 :].split()
 
 
-def process_tree(root: int) -> list[int]:
-    """``root`` and every process below it, by parent pid (a snapshot of ``/proc``)."""
-    children: dict[int, list[int]] = {}
+def _all_stats() -> dict[int, tuple[str, list[str]]]:
+    """Every process's name and ``/proc/PID/stat`` fields now (one walk of ``/proc``)."""
+    found = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        parsed = _stat_fields(int(entry))
-        if parsed is not None:
-            children.setdefault(int(parsed[1][1]), []).append(int(entry))
+        if entry.isdigit():
+            parsed = _stat_fields(int(entry))
+            if parsed is not None:  # None: ended meanwhile
+                found[int(entry)] = parsed
+    return found
+
+
+def _tree(root: int, stats: dict[int, tuple[str, list[str]]]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (_, fields) in stats.items():
+        children.setdefault(int(fields[1]), []).append(pid)
     tree, todo = [], [root]
     while todo:
         pid = todo.pop()
         tree.append(pid)
         todo += children.get(pid, [])
     return tree
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process below it, by parent pid (a snapshot of ``/proc``)."""
+    return _tree(root, _all_stats())
 
 
 def label_of(pid: int, name: str) -> str:
@@ -68,15 +78,15 @@ def label_of(pid: int, name: str) -> str:
 
 def snapshot(root: int) -> dict[int, ProcTimes]:
     """CPU seconds of every process in ``root``'s tree now."""
+    stats = _all_stats()
     found = {}
-    for pid in process_tree(root):
-        parsed = _stat_fields(pid)
-        if parsed is None:
-            continue  # ended meanwhile
-        name, fields = parsed
+    for pid in _tree(root, stats):
+        if pid not in stats:
+            continue  # the root itself has ended
+        name, fields = stats[pid]
         # utime and stime are fields 14 and 15 of /proc/PID/stat (11, 12 after the name).
         seconds = (int(fields[11]) + int(fields[12])) / _TICKS
-        found[pid] = ProcTimes(pid, label_of(pid, name), seconds)
+        found[pid] = ProcTimes(label_of(pid, name), seconds)
     return found
 
 

@@ -206,15 +206,10 @@ def test_a_killed_load_test_takes_its_server_and_engine_with_it(tmp_path):
     below: list[int] = []
     try:
         server_pid = int(driver.stdout.readline())
-        below.append(server_pid)  # the server and its engine process
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                except OSError:
-                    continue
-                if int(stat[stat.rfind(")") + 2 :].split()[1]) == server_pid:
-                    below.append(int(entry))
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import proc_cpu
+
+        below += proc_cpu.process_tree(server_pid)  # the server and its engine process
         assert len(below) >= 2, "the server's engine process was not found"
         driver.kill()
         driver.wait()
