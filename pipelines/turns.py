@@ -130,6 +130,14 @@ class TextAwareTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         # Speech over the bot that barge-in let pass (a backchannel) reaches this strategy with
         # no turn open: it decides nothing then.
         self._turn_open = False
+        # Smart Turn's verdict on a VAD stop runs in a task of its own, so the frames behind
+        # the stop (above all the STT's transcript, which starts a speculative answer) are not
+        # held for its inference (~50-150 ms on two shared cores). While it runs the analyzer's
+        # audio is held back (the model reads that buffer on its thread) and no other rule
+        # decides; speech resuming voids it.
+        self._verdict_task: asyncio.Task | None = None
+        self._verdict_pending = False
+        self._held_audio: list[InputAudioRawFrame] | None = None
         self.decisions: collections.Counter[str] = collections.Counter()
         self._register_event_handler("on_turn_decision", sync=True)
 
@@ -157,7 +165,8 @@ class TextAwareTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
 
     async def _discard_pending_end_of_turn(self):
         # Runs at turn boundaries and whenever speech resumes: a pending text-rule end is as
-        # stale as Smart Turn's own verdict then.
+        # stale as Smart Turn's own verdict then, and so is a verdict still being computed.
+        await self._cancel_verdict()
         await super()._discard_pending_end_of_turn()
         await self._cancel_text_wait()
         self._text_verdict = None
@@ -165,7 +174,8 @@ class TextAwareTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         self._silence_limit_reached = False
 
     async def cleanup(self):
-        """Cancel a pending text-rule end, then clean up as Pipecat does."""
+        """Cancel a pending verdict and text-rule end, then clean up as Pipecat does."""
+        await self._cancel_verdict()
         await self._cancel_text_wait()
         await super().cleanup()
 
@@ -177,11 +187,17 @@ class TextAwareTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         return await super().process_frame(frame)
 
     async def _handle_input_audio(self, frame: InputAudioRawFrame):
-        # The analyzer reports its silence limit from append_audio: a turn ended while this
-        # runs ended by that limit.
         samples = np.frombuffer(frame.audio[: len(frame.audio) // 2 * 2], np.int16)
         if frame_rms(samples) >= VOICED_RMS:
             self._last_sound = time.time()
+        if self._held_audio is not None:
+            self._held_audio.append(frame)  # Smart Turn is reading its buffer: after it
+            return
+        await self._feed_analyzer(frame)
+
+    async def _feed_analyzer(self, frame: InputAudioRawFrame):
+        # The analyzer reports its silence limit from append_audio: a turn ended while this
+        # runs ended by that limit.
         complete_before = self._turn_complete
         self._in_audio = True
         try:
@@ -193,6 +209,7 @@ class TextAwareTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
             self._silence_limit_reached = True
 
     async def _handle_vad_user_started_speaking(self, frame):
+        await self._cancel_verdict()  # before the analyzer hears of the speech: its audio first
         self._vad_start_secs = frame.start_secs
         self._speech_ended_at = None
         await super()._handle_vad_user_started_speaking(frame)
@@ -200,7 +217,51 @@ class TextAwareTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
     async def _handle_vad_user_stopped_speaking(self, frame):
         self._speech_end = frame.timestamp - frame.stop_secs
         self._speech_ended_at = self._speech_end
-        await super()._handle_vad_user_stopped_speaking(frame)
+        await self._cancel_verdict()
+        # What Pipecat's handler sets before its inference, set now: the frames processed
+        # while the verdict runs must see a stopped user.
+        self._vad_user_speaking = False
+        self._vad_stopped = True
+        self._verdict_pending = True
+        self._held_audio = []
+        self._verdict_task = self.task_manager.create_task(
+            self._judge_stop(frame), f"{self}::_judge_stop"
+        )
+
+    async def _judge_stop(self, frame) -> None:
+        """Smart Turn's verdict on a VAD stop and what follows from it (Pipecat's handler)."""
+        failed = False
+        try:
+            await super()._handle_vad_user_stopped_speaking(frame)
+        except Exception:
+            failed = True
+            logger.exception(f"{self}: Smart Turn failed on this stop; the other rules decide")
+        finally:
+            self._verdict_pending = False
+            if self._verdict_task is asyncio.current_task():
+                self._verdict_task = None
+        # Not reached when speech resumed (cancelled): whoever cancelled releases the audio.
+        await self._release_audio()
+        if failed:
+            await self._maybe_trigger_user_turn_stopped()
+
+    async def _handle_prediction_result(self, result):
+        # The verdict is in (Pipecat's handler goes on to act on it and re-checks the
+        # transcript): the rules may decide again.
+        self._verdict_pending = False
+        await super()._handle_prediction_result(result)
+
+    async def _cancel_verdict(self) -> None:
+        task, self._verdict_task = self._verdict_task, None
+        self._verdict_pending = False
+        if task is not None and task is not asyncio.current_task():
+            await self.task_manager.cancel_task(task)
+        await self._release_audio()
+
+    async def _release_audio(self) -> None:
+        held, self._held_audio = self._held_audio, None
+        for frame in held or ():
+            await self._feed_analyzer(frame)
 
     async def _handle_transcription(self, frame: TranscriptionFrame):
         self._turn_text = join_transcripts(self._turn_text, frame.text)
@@ -236,6 +297,8 @@ class TextAwareTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         )
 
     async def _maybe_trigger_user_turn_stopped(self):
+        if self._verdict_pending:
+            return  # Smart Turn has not spoken yet; its handler re-checks when it has
         if self._vad_stopped and not self._turn_complete and not self._vad_user_speaking:
             # Smart Turn judged the turn incomplete at the VAD stop: ask the transcript.
             await self._consider_transcript()

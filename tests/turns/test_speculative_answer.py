@@ -178,6 +178,50 @@ async def test_the_llm_starts_at_the_vad_stop_and_the_confirmed_answer_is_spoken
     assert gain >= 0.6 * FIRST_TOKEN_DELAY, report
 
 
+SLOW_VERDICT = 0.5
+
+
+async def test_the_answer_starts_while_smart_turn_is_still_deciding(speech, tiny_engine):  # noqa: F811
+    """Smart Turn's inference runs after the VAD stop, beside the STT's final. The speculative
+    answer must start on that final at once, not after the verdict: here Smart Turn is slowed
+    by SLOW_VERDICT (a FAKE latency, named as such, standing for its inference on two busy
+    cores; the model and its verdict are the real ones)."""
+    llm_server = await ScriptedLLMServer(first_token_delay=0.1).start()
+    verdicts: list[float] = []
+    try:
+        settings = turn_settings(llm_server.base_url, **{"turn.strategy": "smart-turn"})
+        stt = nemotron_stt("nemotron", tiny_engine, None, settings)
+        s = await session(settings, stt, llm_server)
+        analyzer = s.stop_strategy.detector._turn_analyzer
+        predict = analyzer._predict_endpoint
+
+        def slow_predict(audio):  # FAKE latency around the real model
+            import time
+
+            time.sleep(SLOW_VERDICT)
+            result = predict(audio)
+            verdicts.append(time.time())
+            return result
+
+        analyzer._predict_endpoint = slow_predict
+        async with LivePipeline([s.voice.pipeline], start_timeout=30) as live:
+            await play(live, silence(0.3) + pcm_of(speech["asterisk/conf-full"]) + silence(0.3))
+            assert await live.wait_for(lambda: s.tts_out.of(TTSAudioRawFrame), timeout=10)
+            await play(live, silence(0.3))
+    finally:
+        await llm_server.stop()
+
+    assert verdicts, "Smart Turn never ran"
+    eager = s.stt_out.first(EagerTranscriptionFrame)
+    assert eager is not None and len(s.llm.arrivals) == 1 and len(s.turn_ends) == 1
+    asked, verdict, turn_end = s.llm.arrivals[0], verdicts[0], s.turn_ends[0]
+    # The request went out on the STT's final, while Smart Turn was still deciding.
+    assert asked < verdict - 0.5 * SLOW_VERDICT, (asked - eager, verdict - eager)
+    assert turn_end >= verdict
+    assert s.stop_strategy.speculations == s.stop_strategy.speculations_kept == 1
+    assert s.spoken_text().strip() == "Reply number 1."
+
+
 async def test_an_answer_is_dropped_when_the_user_goes_on(speech, tiny_engine):  # noqa: F811
     llm_server = await ScriptedLLMServer(first_token_delay=0.2).start()
     try:

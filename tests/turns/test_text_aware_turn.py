@@ -10,11 +10,18 @@ The LLM endpoint is ``ScriptedLLMServer``, a FAKE that speaks the real protocol.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 from loguru import logger
-from pipecat.frames.frames import EagerTranscriptionFrame, TranscriptionFrame
+from pipecat.frames.frames import (
+    EagerTranscriptionFrame,
+    InputAudioRawFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
 
 from pipelines.registry import resolve
 from pipelines.turns import TextAwareTurnStopStrategy, TurnDecision
@@ -235,14 +242,23 @@ def test_the_text_wait_is_configurable_and_zero_is_allowed():
 
 class FakeCompleteAnalyzer:
     """Fake (named as such) of Smart Turn that judges every stop COMPLETE, so the test can put
-    the STT's and the VAD's frames in the order a loaded machine delivers them."""
+    the STT's and the VAD's frames in the order a loaded machine delivers them.
 
-    def __init__(self):
+    ``gate``: when set, each verdict waits for it (Smart Turn still running on busy cores).
+    ``appended`` records the audio the strategy gave it, with ``pending`` at the time: whether
+    a verdict was being computed then (its model reads that buffer on another thread).
+    """
+
+    def __init__(self, gate: asyncio.Event | None = None):
         from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
 
         self.params = SmartTurnParams(stop_secs=3.0)
         self.sample_rate = 16000
         self.speech_triggered = False
+        self.gate = gate
+        self.analyzing = False
+        self.verdicts = 0
+        self.appended: list[tuple[bytes, bool]] = []
 
     def set_sample_rate(self, rate):
         self.sample_rate = rate
@@ -250,11 +266,19 @@ class FakeCompleteAnalyzer:
     def append_audio(self, buffer, is_speech):
         from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
 
+        self.appended.append((buffer, self.analyzing))
         return EndOfTurnState.INCOMPLETE
 
     async def analyze_end_of_turn(self):
         from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
 
+        self.analyzing = True
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+        finally:
+            self.analyzing = False
+        self.verdicts += 1
         return EndOfTurnState.COMPLETE, None
 
     def update_vad_start_secs(self, secs):
@@ -267,21 +291,17 @@ class FakeCompleteAnalyzer:
         pass
 
 
-async def test_a_late_transcript_of_the_first_sentence_waits_for_the_second():
-    """Two sentences with a pause: the first one's transcript reaches the strategy only after
-    the user spoke again (the VAD's frames overtake the STT's while Smart Turn runs). The
-    second sentence's stop must wait for its own transcript, and the turn holds both."""
-    import asyncio
+def final(text: str) -> TranscriptionFrame:
+    return TranscriptionFrame(text, "", "", None, finalized=True)
+
+
+async def strategy_on(analyzer) -> tuple[TextAwareTurnStopStrategy, list[TurnDecision]]:
+    """The strategy on ``analyzer`` with a real TaskManager, a turn open, and its decisions."""
     from types import SimpleNamespace
 
-    from pipecat.frames.frames import (
-        TranscriptionFrame,
-        VADUserStartedSpeakingFrame,
-        VADUserStoppedSpeakingFrame,
-    )
     from pipecat.utils.asyncio.task_manager import TaskManager
 
-    strategy = TextAwareTurnStopStrategy(turn_analyzer=FakeCompleteAnalyzer())
+    strategy = TextAwareTurnStopStrategy(turn_analyzer=analyzer)
     await strategy.setup(
         SimpleNamespace(
             task_manager=TaskManager(loop=asyncio.get_running_loop()), audio_in_sample_rate=16000
@@ -289,22 +309,96 @@ async def test_a_late_transcript_of_the_first_sentence_waits_for_the_second():
     )
     decisions: list[TurnDecision] = []
     strategy.add_event_handler("on_turn_decision", lambda _s, d: _append(decisions, d))
+    await strategy.handle_user_turn_started()
+    return strategy, decisions
+
+
+async def until(condition, timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+async def test_a_late_transcript_of_the_first_sentence_waits_for_the_second():
+    """Two sentences with a pause: the first one's transcript reaches the strategy only after
+    the user spoke again (the VAD's frames overtake the STT's while Smart Turn runs). The
+    second sentence's stop must wait for its own transcript, and the turn holds both."""
+    strategy, decisions = await strategy_on(FakeCompleteAnalyzer())
     now = time.time()
-
-    def final(text):
-        return TranscriptionFrame(text, "", "", None, finalized=True)
-
     try:
-        await strategy.handle_user_turn_started()
         await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2, timestamp=now))
         await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=now))
         await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2, timestamp=now))
         await strategy.process_frame(final("That password does not meet the requirements."))
+        await asyncio.sleep(0.05)
         assert decisions == []  # the user is speaking again
         await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=now))
         assert decisions == [], decisions  # the second sentence's words are not in yet
         await strategy.process_frame(final("Please try again."))
+        assert await until(lambda: decisions), "the turn never ended"
         assert len(decisions) == 1, decisions
         assert decisions[0].text.endswith("Please try again."), decisions
+    finally:
+        await strategy.cleanup()
+
+
+async def test_the_frames_behind_a_vad_stop_do_not_wait_for_smart_turn():
+    """Smart Turn's inference takes 50-150 ms on two shared cores. The STT's transcript that
+    comes meanwhile (which starts the speculative answer) is handled at once; the turn ends on
+    the verdict, and the audio that came meanwhile reaches the analyzer after it, in order."""
+    gate = asyncio.Event()
+    analyzer = FakeCompleteAnalyzer(gate)
+    strategy, decisions = await strategy_on(analyzer)
+    now = time.time()
+    try:
+        await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2, timestamp=now))
+        await strategy.process_frame(InputAudioRawFrame(b"\x01\x00" * 320, 16000, 1))
+        await asyncio.wait_for(
+            strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=now)), 1
+        )
+        assert await until(lambda: analyzer.analyzing), "Smart Turn never ran"
+        # Smart Turn is deciding: the transcript and the audio behind it do not wait.
+        silence = [InputAudioRawFrame(bytes([i, 0]) * 320, 16000, 1) for i in range(2, 5)]
+        for frame in silence:
+            await asyncio.wait_for(strategy.process_frame(frame), 1)
+        await asyncio.wait_for(strategy.process_frame(final("That conference is full.")), 1)
+        await asyncio.sleep(0.1)
+        assert decisions == [], "no rule may decide before Smart Turn has"
+        assert [b for b, _ in analyzer.appended] == [b"\x01\x00" * 320]
+        gate.set()
+        assert await until(lambda: decisions), "the verdict did not end the turn"
+        assert [(d.rule, d.text) for d in decisions] == [("smart-turn", "That conference is full.")]
+        assert [b for b, _ in analyzer.appended[1:]] == [f.audio for f in silence]
+        assert not any(pending for _, pending in analyzer.appended)
+    finally:
+        await strategy.cleanup()
+
+
+async def test_speech_that_resumes_while_smart_turn_decides_voids_its_verdict():
+    """The user goes on while Smart Turn is still judging the pause: its COMPLETE is stale and
+    must not end the turn. The turn ends at the next stop, with both sentences."""
+    gate = asyncio.Event()
+    analyzer = FakeCompleteAnalyzer(gate)
+    strategy, decisions = await strategy_on(analyzer)
+    now = time.time()
+    try:
+        await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2, timestamp=now))
+        await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=now))
+        assert await until(lambda: analyzer.analyzing)
+        await strategy.process_frame(final("Please enter your password"))
+        await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2, timestamp=now))
+        gate.set()  # the stale verdict comes in now, COMPLETE
+        await asyncio.sleep(0.1)
+        assert decisions == [], "a verdict on a pause the user spoke through ended the turn"
+        assert analyzer.verdicts == 0, "the stale verdict was acted on"
+        await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=now))
+        await strategy.process_frame(final("followed by the pound key."))
+        assert await until(lambda: decisions)
+        assert [(d.rule, d.text) for d in decisions] == [
+            ("smart-turn", "Please enter your password followed by the pound key.")
+        ]
     finally:
         await strategy.cleanup()
