@@ -58,6 +58,18 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 
 
+def default_threads() -> int:
+    """Threads of the embedded server when unset: half the cores it may run on, at least one.
+
+    The LLM runs beside the speech models at the same moments: its prefill starts on the STT's
+    final while Smart Turn judges the stop, its first tokens stream while the TTS speaks the
+    first clause. llama.cpp's threads meet at a barrier after every layer, so on all cores each
+    step waits for the thread that lost its core to them. On two cores (one thread instead of
+    two) that took voice-to-voice from 710 to 664 ms p50 (docs/voice-to-voice.md).
+    """
+    return max(1, len(os.sched_getaffinity(0)) // 2)
+
+
 class LlamaServerError(RuntimeError):
     """The embedded server could not be started (message says why and what to do)."""
 
@@ -105,8 +117,9 @@ class LlamaServer:
         Args:
             model_path: The GGUF file to serve.
             n_ctx: Context length in tokens.
-            n_threads: CPU threads for generation, one token at a time (None: every core).
-            n_threads_batch: CPU threads for prompt processing (None: every core).
+            n_threads: CPU threads for generation, one token at a time (None: half the
+                cores, at least one: see :func:`default_threads`).
+            n_threads_batch: CPU threads for prompt processing (None: as ``n_threads``).
             niceness: CPU niceness the server runs at (0: the agent's own priority).
             host: Interface to bind; loopback by default.
             port: Port to bind; None picks a free one.
@@ -163,10 +176,9 @@ class LlamaServer:
             "--n_ctx",
             str(self.n_ctx),
         ]
-        # llama.cpp defaults to half the cores (1 of 2 here): use every core we may run on.
-        cores = max(1, len(os.sched_getaffinity(0)))
-        cmd += ["--n_threads", str(self.n_threads or cores)]
-        cmd += ["--n_threads_batch", str(self.n_threads_batch or cores)]
+        threads = default_threads()
+        cmd += ["--n_threads", str(self.n_threads or threads)]
+        cmd += ["--n_threads_batch", str(self.n_threads_batch or threads)]
         # llama_cpp.server serves one completion at a time and by default ends the one in
         # flight (a role chunk, then [DONE]) as soon as another arrives: with several sessions
         # talking at once, their replies came back empty. Without interruption, requests wait
