@@ -90,6 +90,7 @@ async def bot(runner_args: RunnerArguments) -> None:
                 "type": "turn-latency",
                 "total_secs": turn.total_secs,
                 "parts": turn.parts,
+                "hidden": turn.hidden,
                 "user_stopped_at": turn.user_stopped_at,
                 "user_last_voice_at": turn.user_last_voice_at,
             }

@@ -8,10 +8,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from loguru import logger
-from pipecat.frames.frames import InputAudioRawFrame, VADUserStoppedSpeakingFrame
+from pipecat.frames.frames import (
+    InputAudioRawFrame,
+    LLMFullResponseStartFrame,
+    VADUserStoppedSpeakingFrame,
+)
 from pipecat.observers.base_observer import FramePushed
 from pipecat.observers.user_bot_latency_observer import LatencyBreakdown, UserBotLatencyObserver
 from pipecat.processors.frame_processor import FrameDirection
+from pipecat.services.llm_service import LLMService
 
 # RMS of a 20 ms int16 frame above which it counts as voiced (about -45 dBFS): well above the
 # codec's noise floor on silence, well below any speech. The test client marks the end of the
@@ -31,6 +36,10 @@ class TurnLatency:
     # Wall-clock arrival of the last voiced input audio before the VAD's stop: the VAD's
     # decision minus stop_secs comes this much later (Silero's confidence outlasts the words).
     user_last_voice_at: float | None = None
+    # Work that ran off the critical path, by breakdown key, in seconds: a speculative answer
+    # started at the VAD stop has its first token before the turn is confirmed, so its time
+    # to first token is hidden behind turn detection and is not one of ``parts``.
+    hidden: dict[str, float] = field(default_factory=dict)
 
 
 class TurnLatencyObserver(UserBotLatencyObserver):
@@ -38,8 +47,10 @@ class TurnLatencyObserver(UserBotLatencyObserver):
 
     The voice-to-voice time runs from the user's end of speech as the VAD places it (VAD stop
     minus ``stop_secs``) to the bot's first audio; the breakdown names the VAD wait,
-    transcription, LLM and TTS parts. The observer also notes when the last voiced audio
-    arrived before each VAD stop, so reports can count the VAD's own lag as VAD wait. Emits
+    transcription, LLM and TTS parts; an LLM whose first token came before the turn was
+    confirmed (a speculative answer) is listed apart, as hidden time. The observer also notes
+    when the last voiced audio arrived before each VAD stop, so reports can count the VAD's own
+    lag as VAD wait. Emits
     ``on_turn_latency(observer, TurnLatency)``.
     """
 
@@ -58,6 +69,7 @@ class TurnLatencyObserver(UserBotLatencyObserver):
         self._voiced_at: deque[float] = deque(maxlen=32)
         self._last_audio_id: int | None = None
         self._last_voice_before_stop: float | None = None
+        self._llm_names: set[str] = set()
 
     async def on_push_frame(self, data: FramePushed):
         """Note when voiced user audio arrives, then let Pipecat's observer time the turn."""
@@ -72,20 +84,35 @@ class TurnLatencyObserver(UserBotLatencyObserver):
             elif isinstance(frame, VADUserStoppedSpeakingFrame):
                 before = [t for t in self._voiced_at if t <= frame.timestamp]
                 self._last_voice_before_stop = before[-1] if before else None
+            elif isinstance(frame, LLMFullResponseStartFrame) and isinstance(
+                data.source, LLMService
+            ):
+                # Whose TTFB is the LLM's, for a turn whose answer was ready before it ended.
+                self._llm_names.add(data.source.name)
         await super().on_push_frame(data)
 
     async def _on_breakdown(self, _observer, breakdown: LatencyBreakdown) -> None:
         parts: dict[str, float] = {}
         for part in breakdown.contributions:
             parts[part.key] = parts.get(part.key, 0.0) + part.duration_secs
+        hidden: dict[str, float] = {}
+        llm_ttfb = [t.duration_secs for t in breakdown.ttfb if t.processor in self._llm_names]
+        if "llm_inference" not in parts and llm_ttfb:
+            # The kept answer is the last one asked for (a dropped speculation came before it).
+            hidden["llm_inference"] = llm_ttfb[-1]
         turn = TurnLatency(
             total_secs=breakdown.total_secs,
             parts=parts,
             user_stopped_at=breakdown.user_turn_start_time,
             user_last_voice_at=self._last_voice_before_stop,
+            hidden=hidden,
         )
         self.turns = [*self.turns[-(self._keep_last - 1) :], turn]
         summary = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items())
+        if hidden:
+            summary += "; hidden behind turn detection: " + ", ".join(
+                f"{k} {v * 1000:.0f} ms" for k, v in hidden.items()
+            )
         await self._call_event_handler("on_turn_latency", turn)
         logger.info(f"Turn latency {breakdown.total_secs * 1000:.0f} ms voice-to-voice: {summary}")
 

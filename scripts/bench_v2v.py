@@ -120,6 +120,10 @@ def stage_times(turn: TurnResult, same_host: bool = False) -> dict[str, float] |
         arrived = stopped - times["vad_tail"]
         times["transport_in"] = arrived - (turn.speech_end_at + WALL_OFFSET)
         times["transport_out"] = times["transport"] - times["transport_in"]
+    # A speculative answer's first token can come before the turn is confirmed: that time is
+    # hidden behind turn detection, reported beside the stages rather than as one of them.
+    hidden = turn.server_latency.get("hidden") or {}
+    times["llm_hidden"] = float(hidden.get("llm_inference", 0.0))
     times["server_total"] = server_total
     times["total"] = v2v
     # Pipeline overhead: all but the model stages and the VAD wait, as the user hears it and
@@ -532,6 +536,8 @@ def build_summary(records: list[dict]) -> dict:
             "transport_in",
             "transport_out",
         ]
+    if all("llm_hidden" in r["stages"] for r in timed):
+        keys.insert(keys.index("llm") + 1, "llm_hidden")
     keys += ["server_total", "agent_overhead", "overhead", "overhead_llm_to_sentence", "total"]
     summary["stages"] = {key: summarize([r["stages"][key] for r in timed]) for key in keys}
     # Each turn's stages add up to its voice-to-voice time, so their means add up to the mean.
@@ -597,6 +603,7 @@ def format_table(summary: dict, meta: dict) -> str:
     labels = {name: label for name, label, _ in STAGES}
     labels |= {
         "vad_tail": "  of which the VAD's lag past stop_secs (Silero, 32 ms windows)",
+        "llm_hidden": "  LLM first token hidden behind turn detection (not in the sum)",
         "transport_in": "  of which in: uplink to the agent's input",
         "transport_out": "  of which out: output queue, Opus, network, decoding",
         "server_total": "agent total (its own clock)",

@@ -131,6 +131,22 @@ def test_bench_stage_times_and_summary():
     assert times["overhead"] == pytest.approx(1.5 - 1.0)
     assert times["overhead_llm_to_sentence"] == pytest.approx(1.5 - 1.0 - 0.1)
     assert "transport_in" not in times  # no wall-clock stamp from the agent
+    assert times["llm_hidden"] == 0.0
+    # A speculative answer: the LLM's first token came during turn detection, off the path.
+    spec = TurnResult(utterance="x", speech_end_at=10.0, first_audio_at=11.0)
+    spec.server_latency = {
+        "total_secs": 0.9,
+        "parts": {
+            "endpointing_wait": 0.2,
+            "transcription": 0.1,
+            "turn_detection": 0.4,
+            "speech_synthesis": 0.2,
+        },
+        "hidden": {"llm_inference": 0.08},
+    }
+    spec_times = bench.stage_times(spec)
+    assert spec_times["llm"] == 0.0 and spec_times["llm_hidden"] == pytest.approx(0.08)
+    assert spec_times["overhead"] == pytest.approx(1.0 - 0.5)
     # Same host and a stamp: transport splits at the agent's start of the turn.
     from tests.e2e.voice_client import WALL_OFFSET
 

@@ -490,7 +490,7 @@ def test_latency_bars_and_chart_are_drawn_to_scale(agent_url):
         {
             "endpointing_wait": 0.2,
             "transcription": 0.25,
-            "llm_inference": 0.1,
+            "turn_detection": 0.1,
             "speech_synthesis": 0.07,
         },
         {
@@ -500,11 +500,18 @@ def test_latency_bars_and_chart_are_drawn_to_scale(agent_url):
             "speech_synthesis": 0.2,
         },
     ]
+    # The first turn's answer was speculative: its LLM time ran behind turn detection.
+    hidden = [{"llm_inference": 0.08}, {}]
     messages = [
         ServerMessage(
-            data={"type": "turn-latency", "total_secs": sum(parts.values()), "parts": parts}
+            data={
+                "type": "turn-latency",
+                "total_secs": sum(parts.values()),
+                "parts": parts,
+                "hidden": extra,
+            }
         ).model_dump(exclude_none=True)
-        for parts in turns
+        for parts, extra in zip(turns, hidden, strict=True)
     ]
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
@@ -535,3 +542,6 @@ def test_latency_bars_and_chart_are_drawn_to_scale(agent_url):
     assert abs(ratio - sum(turns[0].values()) / sum(turns[1].values())) < 0.01, dom
     assert dots[1] < dots[0], dots
     assert "620 ms" in dom["points"][0] and "1900 ms" in dom["points"][1], dom
+    # Hidden time is named in the text, never drawn as a stage of the bar.
+    assert dom["latency"][0].endswith("; LLM 80 ms hidden behind turn detection"), dom["latency"]
+    assert "hidden" not in dom["latency"][1], dom["latency"]

@@ -1,24 +1,32 @@
 """The turn-latency observer notes when the user's last voiced audio arrived before the VAD stop,
-in a real Pipecat pipeline."""
+and reports an LLM that answered before the turn ended as hidden time, in a real Pipecat
+pipeline."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
+    DataFrame,
+    Frame,
     InputAudioRawFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
+    MetricsFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
     UserStoppedSpeakingFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
+from pipecat.metrics.metrics import TTFBMetricsData
 from pipecat.processors.filters.identity_filter import IdentityFilter
+from pipecat.services.llm_service import LLMService
+from pipecat.services.settings import LLMSettings
 from pipecat.tests.utils import SleepFrame, run_test
 
 from pipelines.latency import TurnLatencyObserver
@@ -66,3 +74,100 @@ async def test_turn_latency_carries_the_arrival_of_the_last_voiced_audio():
     assert turn.user_last_voice_at is not None
     assert started <= turn.user_last_voice_at < started + 0.14
     assert "endpointing_wait" in turn.parts
+
+
+@dataclass
+class FromLLM(DataFrame):
+    """A frame for :class:`ReplayLLM` to push as its own."""
+
+    frame: Frame | None = None
+
+
+class ReplayLLM(LLMService):
+    """A FAKE LLM (named as such): it pushes the frames wrapped in ``FromLLM`` as its own, the
+    way a real LLM service pushes its response and metrics, and passes everything else on."""
+
+    def __init__(self):
+        unused = ("model", "system_instruction", "temperature", "max_tokens", "top_p", "top_k")
+        unused += ("frequency_penalty", "presence_penalty", "seed", "filter_incomplete_user_turns")
+        unused += ("user_turn_completion_config",)
+        super().__init__(settings=LLMSettings(**dict.fromkeys(unused)))
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame.frame if isinstance(frame, FromLLM) else frame, direction)
+
+
+def from_llm(*frames: Frame) -> list[Frame]:
+    return [FromLLM(frame=frame) for frame in frames]
+
+
+@pytest.mark.asyncio
+async def test_an_answer_ready_before_the_turn_ended_is_reported_as_hidden_llm_time():
+    """A speculative answer's first token came while the turn was still being decided: the
+    timeline has no LLM stage (it cost the user nothing), and the LLM's time to first token is
+    reported beside it, not lost and not counted twice."""
+    observer = TurnLatencyObserver()
+    turns = []
+
+    @observer.event_handler("on_turn_latency")
+    async def _on_turn(_observer, turn):
+        turns.append(turn)
+
+    llm = ReplayLLM()
+    started = time.time()
+    stop = VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=started)
+    ttfb = MetricsFrame(data=[TTFBMetricsData(processor=llm.name, value=0.08)])
+    frames = [VADUserStartedSpeakingFrame(), stop]
+    frames += [TranscriptionFrame(text="hello", user_id="u", timestamp="now")]
+    # The LLM answered during turn detection; its response is released when the turn ends.
+    frames += [SleepFrame(sleep=0.1), *from_llm(ttfb), SleepFrame(sleep=0.2)]
+    frames += [UserStoppedSpeakingFrame()]
+    frames += [
+        *from_llm(
+            LLMFullResponseStartFrame(),
+            LLMTextFrame(text="Hi."),
+            TTSAudioRawFrame(audio=bytes(640), sample_rate=RATE, num_channels=1),
+            BotStartedSpeakingFrame(),
+        ),
+        SleepFrame(sleep=0.1),
+    ]
+    await run_test(llm, frames_to_send=frames, observers=[observer])
+
+    assert len(turns) == 1
+    turn = turns[0]
+    assert "llm_inference" not in turn.parts and "turn_detection" in turn.parts, turn.parts
+    assert turn.hidden == {"llm_inference": pytest.approx(0.08)}
+    assert sum(turn.parts.values()) == pytest.approx(turn.total_secs)
+
+
+@pytest.mark.asyncio
+async def test_an_answer_asked_for_after_the_turn_ended_is_on_the_timeline():
+    observer = TurnLatencyObserver()
+    turns = []
+
+    @observer.event_handler("on_turn_latency")
+    async def _on_turn(_observer, turn):
+        turns.append(turn)
+
+    llm = ReplayLLM()
+    stop = VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=time.time())
+    frames = [VADUserStartedSpeakingFrame(), stop]
+    frames += [TranscriptionFrame(text="hello", user_id="u", timestamp="now")]
+    frames += [SleepFrame(sleep=0.1), UserStoppedSpeakingFrame()]
+    frames += [
+        *from_llm(LLMFullResponseStartFrame()),
+        SleepFrame(sleep=0.15),
+        *from_llm(
+            MetricsFrame(data=[TTFBMetricsData(processor=llm.name, value=0.15)]),
+            LLMTextFrame(text="Hi."),
+            TTSAudioRawFrame(audio=bytes(640), sample_rate=RATE, num_channels=1),
+            BotStartedSpeakingFrame(),
+        ),
+        SleepFrame(sleep=0.1),
+    ]
+    await run_test(llm, frames_to_send=frames, observers=[observer])
+
+    assert len(turns) == 1
+    assert turns[0].parts["llm_inference"] == pytest.approx(0.15, abs=0.03), turns[0].parts
+    assert turns[0].hidden == {}
