@@ -205,5 +205,10 @@ def test_asr_cluster_leaves_no_process_behind(sig, tmp_path, tiny_model):
         commands = " ".join(children.values())
         for part in ("raylet", "gcs_server", "haproxy", "ServeReplica", "tree_guard"):
             assert part in commands, children
+        # One Ray, never a second: a Ray call after the stop's disconnect used to auto-start a
+        # fresh local Ray from Serve's handle thread, whose late children could outlive us.
+        log = program.log()
+        assert log.count("Started a local Ray instance") == 1, log[-3000:]
+        assert "current thread is not the main thread" not in log, log[-3000:]
     finally:
         program.close()
