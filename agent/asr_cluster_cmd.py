@@ -134,11 +134,6 @@ def handler(args: argparse.Namespace) -> int:
     local = args.address is None
     ray_env.apply()  # before ray is imported: loopback, a lean control plane
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if args.proxy == "haproxy" else "0"
-    # No Ray call may start a Ray of its own: after the stop disconnects the driver, Serve's
-    # handle thread still polls, and with auto-connect on its next call ran ray.init() on a
-    # fresh local Ray mid-shutdown (new GCS, raylet, dashboard) whose late children (the
-    # dashboard's forkserver, a resource tracker) outlived the program.
-    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     if not _is_loopback(args.asr_host) and not token:
         logger.warning(
             f"Serving on {args.asr_host} without a token: anyone who can reach this port can use "

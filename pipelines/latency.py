@@ -108,13 +108,16 @@ class TurnLatencyObserver(UserBotLatencyObserver):
             hidden=hidden,
         )
         self.turns = [*self.turns[-(self._keep_last - 1) :], turn]
-        summary = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items())
+        summary = _in_ms(parts)
         if hidden:
-            summary += "; hidden behind turn detection: " + ", ".join(
-                f"{k} {v * 1000:.0f} ms" for k, v in hidden.items()
-            )
+            summary += f"; hidden behind turn detection: {_in_ms(hidden)}"
         await self._call_event_handler("on_turn_latency", turn)
         logger.info(f"Turn latency {breakdown.total_secs * 1000:.0f} ms voice-to-voice: {summary}")
+
+
+def _in_ms(secs: dict[str, float]) -> str:
+    """``{"a": 0.1, "b": 0.02}`` -> ``"a 100 ms, b 20 ms"``."""
+    return ", ".join(f"{key} {value * 1000:.0f} ms" for key, value in secs.items())
 
 
 def frame_rms(samples: np.ndarray) -> float:

@@ -536,8 +536,7 @@ def build_summary(records: list[dict]) -> dict:
             "transport_in",
             "transport_out",
         ]
-    if all("llm_hidden" in r["stages"] for r in timed):
-        keys.insert(keys.index("llm") + 1, "llm_hidden")
+    keys.insert(keys.index("llm") + 1, "llm_hidden")  # stage_times always sets it
     keys += ["server_total", "agent_overhead", "overhead", "overhead_llm_to_sentence", "total"]
     summary["stages"] = {key: summarize([r["stages"][key] for r in timed]) for key in keys}
     # Each turn's stages add up to its voice-to-voice time, so their means add up to the mean.

@@ -108,21 +108,19 @@ def test_bot_output_text_from_rtvi_2_and_1():
     assert legacy.text == "One. Two."
 
 
+def answered_turn(first_audio_at: float, **server_latency) -> TurnResult:
+    """A turn whose question ended at 10.0 s, answered at ``first_audio_at``, with the agent's
+    ``turn-latency`` message."""
+    turn = TurnResult(utterance="x", speech_end_at=10.0, first_audio_at=first_audio_at)
+    turn.server_latency = dict(server_latency)
+    return turn
+
+
 def test_bench_stage_times_and_summary():
     bench = load_script("bench_v2v")
-    turn = TurnResult(utterance="x", speech_end_at=10.0, first_audio_at=11.5)
-    turn.server_latency = {
-        "total_secs": 1.2,
-        "parts": {
-            "endpointing_wait": 0.2,
-            "transcription": 0.4,
-            "turn_detection": 0.05,
-            "llm_inference": 0.3,
-            "sentence_aggregation": 0.1,
-            "speech_synthesis": 0.1,
-            "pipeline": 0.05,
-        },
-    }
+    parts = {"endpointing_wait": 0.2, "transcription": 0.4, "turn_detection": 0.05}
+    parts |= {"llm_inference": 0.3, "sentence_aggregation": 0.1, "speech_synthesis": 0.1}
+    turn = answered_turn(11.5, total_secs=1.2, parts=parts | {"pipeline": 0.05})
     times = bench.stage_times(turn)
     assert times["total"] == pytest.approx(1.5)
     assert times["transport"] == pytest.approx(0.3)
@@ -133,17 +131,9 @@ def test_bench_stage_times_and_summary():
     assert "transport_in" not in times  # no wall-clock stamp from the agent
     assert times["llm_hidden"] == 0.0
     # A speculative answer: the LLM's first token came during turn detection, off the path.
-    spec = TurnResult(utterance="x", speech_end_at=10.0, first_audio_at=11.0)
-    spec.server_latency = {
-        "total_secs": 0.9,
-        "parts": {
-            "endpointing_wait": 0.2,
-            "transcription": 0.1,
-            "turn_detection": 0.4,
-            "speech_synthesis": 0.2,
-        },
-        "hidden": {"llm_inference": 0.08},
-    }
+    parts = {"endpointing_wait": 0.2, "transcription": 0.1, "turn_detection": 0.4}
+    parts |= {"speech_synthesis": 0.2}
+    spec = answered_turn(11.0, total_secs=0.9, parts=parts, hidden={"llm_inference": 0.08})
     spec_times = bench.stage_times(spec)
     assert spec_times["llm"] == 0.0 and spec_times["llm_hidden"] == pytest.approx(0.08)
     assert spec_times["overhead"] == pytest.approx(1.0 - 0.5)

@@ -127,14 +127,18 @@ def assert_audible_reply(turn) -> np.ndarray:
     return loud
 
 
+def ms_by_name(text: str) -> dict[str, int]:
+    """``"a 100 ms, b 20 ms"`` -> ``{"a": 100, "b": 20}``."""
+    return {name: int(ms) for name, ms in re.findall(r"(\w+) (\d+) ms", text)}
+
+
 def assert_latency_logged(log: str, turn) -> None:
     """The agent logged the turn's voice-to-voice time with its per-stage breakdown."""
     lines = list(LATENCY_LINE.finditer(log))
     assert lines, "no turn latency line in the agent log"
     total, breakdown = int(lines[-1].group(1)), lines[-1].group(2)
     timeline, _, hidden = breakdown.partition("; hidden behind turn detection: ")
-    parts = {name: int(ms) for name, ms in re.findall(r"(\w+) (\d+) ms", timeline)}
-    hidden_parts = {name: int(ms) for name, ms in re.findall(r"(\w+) (\d+) ms", hidden)}
+    parts, hidden_parts = ms_by_name(timeline), ms_by_name(hidden)
     # The stages this pipeline has, each timed. The LLM is on the timeline, or, when the
     # speculative answer's first token came before Smart Turn confirmed the turn, listed as
     # hidden: either way its time is reported, and it is never counted twice.

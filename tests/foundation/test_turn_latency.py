@@ -40,8 +40,8 @@ def audio_frame(amplitude: float) -> InputAudioRawFrame:
     return InputAudioRawFrame(audio=samples.tobytes(), sample_rate=RATE, num_channels=1)
 
 
-@pytest.mark.asyncio
-async def test_turn_latency_carries_the_arrival_of_the_last_voiced_audio():
+def observed_turns() -> tuple[TurnLatencyObserver, list]:
+    """An observer and the list its ``on_turn_latency`` turns land in."""
     observer = TurnLatencyObserver()
     turns = []
 
@@ -49,6 +49,25 @@ async def test_turn_latency_carries_the_arrival_of_the_last_voiced_audio():
     async def _on_turn(_observer, turn):
         turns.append(turn)
 
+    return observer, turns
+
+
+def user_turn(stopped_at: float) -> list[Frame]:
+    """The user speaks, the VAD stops at ``stopped_at``, the STT's final follows."""
+    stop = VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=stopped_at)
+    final = TranscriptionFrame(text="hello", user_id="u", timestamp="now")
+    return [VADUserStartedSpeakingFrame(), stop, final]
+
+
+def reply() -> list[Frame]:
+    """The answer's text, the TTS's first audio and the bot starting to speak."""
+    audio = TTSAudioRawFrame(audio=bytes(640), sample_rate=RATE, num_channels=1)
+    return [LLMTextFrame(text="Hi."), audio, BotStartedSpeakingFrame()]
+
+
+@pytest.mark.asyncio
+async def test_turn_latency_carries_the_arrival_of_the_last_voiced_audio():
+    observer, turns = observed_turns()
     started = time.time()
     voiced = [audio_frame(3000.0) for _ in range(3)]
     quiet = [audio_frame(20.0) for _ in range(5)]
@@ -59,9 +78,7 @@ async def test_turn_latency_carries_the_arrival_of_the_last_voiced_audio():
     frames += [
         TranscriptionFrame(text="hello", user_id="u", timestamp="now"),
         LLMFullResponseStartFrame(),
-        LLMTextFrame(text="Hi."),
-        TTSAudioRawFrame(audio=bytes(640), sample_rate=RATE, num_channels=1),
-        BotStartedSpeakingFrame(),
+        *reply(),
         SleepFrame(sleep=0.1),
     ]
     await run_test(IdentityFilter(), frames_to_send=frames, observers=[observer])
@@ -107,31 +124,14 @@ async def test_an_answer_ready_before_the_turn_ended_is_reported_as_hidden_llm_t
     """A speculative answer's first token came while the turn was still being decided: the
     timeline has no LLM stage (it cost the user nothing), and the LLM's time to first token is
     reported beside it, not lost and not counted twice."""
-    observer = TurnLatencyObserver()
-    turns = []
-
-    @observer.event_handler("on_turn_latency")
-    async def _on_turn(_observer, turn):
-        turns.append(turn)
-
+    observer, turns = observed_turns()
     llm = ReplayLLM()
-    started = time.time()
-    stop = VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=started)
     ttfb = MetricsFrame(data=[TTFBMetricsData(processor=llm.name, value=0.08)])
-    frames = [VADUserStartedSpeakingFrame(), stop]
-    frames += [TranscriptionFrame(text="hello", user_id="u", timestamp="now")]
+    frames = user_turn(time.time())
     # The LLM answered during turn detection; its response is released when the turn ends.
     frames += [SleepFrame(sleep=0.1), *from_llm(ttfb), SleepFrame(sleep=0.2)]
     frames += [UserStoppedSpeakingFrame()]
-    frames += [
-        *from_llm(
-            LLMFullResponseStartFrame(),
-            LLMTextFrame(text="Hi."),
-            TTSAudioRawFrame(audio=bytes(640), sample_rate=RATE, num_channels=1),
-            BotStartedSpeakingFrame(),
-        ),
-        SleepFrame(sleep=0.1),
-    ]
+    frames += [*from_llm(LLMFullResponseStartFrame(), *reply()), SleepFrame(sleep=0.1)]
     await run_test(llm, frames_to_send=frames, observers=[observer])
 
     assert len(turns) == 1
@@ -143,29 +143,13 @@ async def test_an_answer_ready_before_the_turn_ended_is_reported_as_hidden_llm_t
 
 @pytest.mark.asyncio
 async def test_an_answer_asked_for_after_the_turn_ended_is_on_the_timeline():
-    observer = TurnLatencyObserver()
-    turns = []
-
-    @observer.event_handler("on_turn_latency")
-    async def _on_turn(_observer, turn):
-        turns.append(turn)
-
+    observer, turns = observed_turns()
     llm = ReplayLLM()
-    stop = VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=time.time())
-    frames = [VADUserStartedSpeakingFrame(), stop]
-    frames += [TranscriptionFrame(text="hello", user_id="u", timestamp="now")]
+    ttfb = MetricsFrame(data=[TTFBMetricsData(processor=llm.name, value=0.15)])
+    frames = user_turn(time.time())
     frames += [SleepFrame(sleep=0.1), UserStoppedSpeakingFrame()]
-    frames += [
-        *from_llm(LLMFullResponseStartFrame()),
-        SleepFrame(sleep=0.15),
-        *from_llm(
-            MetricsFrame(data=[TTFBMetricsData(processor=llm.name, value=0.15)]),
-            LLMTextFrame(text="Hi."),
-            TTSAudioRawFrame(audio=bytes(640), sample_rate=RATE, num_channels=1),
-            BotStartedSpeakingFrame(),
-        ),
-        SleepFrame(sleep=0.1),
-    ]
+    frames += [*from_llm(LLMFullResponseStartFrame()), SleepFrame(sleep=0.15)]
+    frames += [*from_llm(ttfb, *reply()), SleepFrame(sleep=0.1)]
     await run_test(llm, frames_to_send=frames, observers=[observer])
 
     assert len(turns) == 1

@@ -20,10 +20,15 @@ import os
 from collections.abc import MutableMapping
 
 # Keeps a one-host Ray on 127.0.0.1 (the node address is the loopback one, not the host's),
-# and sends no usage report.
+# sends no usage report, and never starts a Ray behind the driver's back.
 LOCAL_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # No Ray call starts a Ray of its own. After a driver disconnects on its way out, Serve's
+    # handle thread still makes one more call; with auto-connect on, that ran ray.init() on a
+    # fresh local Ray mid-shutdown (new GCS, raylet, dashboard), whose late children (the
+    # dashboard's forkserver, a resource tracker) outlived the program.
+    "RAY_ENABLE_AUTO_CONNECT": "0",
 }
 
 LEAN_ENV = {
