@@ -22,9 +22,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from loguru import logger
-from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+from openai import AsyncOpenAI, DefaultAsyncHttpxClient, Timeout
 from pipecat.frames.frames import LLMTextFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.services.openai.llm import OpenAILLMService
@@ -133,7 +132,9 @@ class OpenAICompatibleLLMService(OpenAILLMService):
             session_id: Names the session in log messages (the bot sets it per connection).
             **kwargs: Passed to ``OpenAILLMService`` (``base_url``, ``api_key``, ``settings``).
         """
-        self._timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
+        # The SDK's own Timeout type: openai >= 3.63 runs on httpx2, whose client refuses
+        # httpx's (TypeError: Invalid timeout ... got httpx.Timeout).
+        self._timeout = Timeout(read_timeout_s, connect=connect_timeout_s)
         self._max_retries = max_retries
         super().__init__(**kwargs)
         self._thinking = thinking
